@@ -92,6 +92,13 @@ impl Follower {
         }
     }
 
+    /// Whether the held set changes within `limit` (waits the whole `limit` when it does not).
+    pub async fn changes_within(&self, limit: Duration) -> bool {
+        let mut set = self.set.clone();
+        set.mark_unchanged();
+        tokio::time::timeout(limit, set.changed()).await.is_ok()
+    }
+
     /// Waits until the resolver's status satisfies `f`.
     pub async fn wait_status(
         &self,
@@ -185,6 +192,23 @@ pub async fn churn_step(client: &mut Client, prefix: &str, rng: &mut Lcg, keys: 
         client.put(key, format!("127.0.0.1:{port}"), None).await?;
     }
     Ok(())
+}
+
+/// [`churn_step`], retried while the cluster has no leader (after a member was killed).
+pub async fn churn_step_retrying(
+    client: &mut Client,
+    prefix: &str,
+    rng: &mut Lcg,
+    keys: u64,
+) -> Result<()> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match churn_step(client, prefix, rng, keys).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 /// Retries `f` until it succeeds or `limit` passes (for writes during an election).

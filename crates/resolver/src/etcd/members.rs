@@ -4,12 +4,13 @@
 //! dead member instead of moving on (etcd-client issue 39), and it neither re-creates watches
 //! nor lease keepalives. So each client here is connected to a single member; when a request to
 //! it fails or hangs past its bound, the caller calls [`Members::fail_over`] and the next call
-//! connects to the next member. With `require_leader`, a member cut off from its leader fails
+//! connects to the member that failed longest ago (one that never failed first, in list order
+//! after the current one), so a frozen member is not retried before the others. With `require_leader`, a member cut off from its leader fails
 //! requests too, and is left the same way.
 
 use std::fmt::Display;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::Client;
 use rand::Rng;
@@ -22,16 +23,20 @@ pub(crate) struct Members {
     config: EtcdConfig,
     index: usize,
     client: Option<Client>,
+    /// When each member last failed.
+    failed_at: Vec<Option<Instant>>,
 }
 
 impl Members {
     /// Starts at a random member, so that many clients spread over the cluster.
     pub(crate) fn new(config: EtcdConfig) -> Self {
         let index = rand::rng().random_range(0..config.endpoints().len());
+        let failed_at = vec![None; config.endpoints().len()];
         Self {
             config,
             index,
             client: None,
+            failed_at,
         }
     }
 
@@ -67,7 +72,13 @@ impl Members {
     pub(crate) fn fail_over(&mut self) {
         let from = self.endpoint().to_string();
         self.client = None;
-        self.index = (self.index + 1) % self.config.endpoints().len();
+        let n = self.failed_at.len();
+        self.failed_at[self.index] = Some(Instant::now());
+        // The next member in list order that failed longest ago (`None` sorts first).
+        self.index = (1..=n)
+            .map(|step| (self.index + step) % n)
+            .min_by_key(|i| self.failed_at[*i])
+            .unwrap_or(self.index);
         if self.config.endpoints().len() > 1 {
             info!(%from, to = %self.endpoint(), "moving to another etcd member");
         }
