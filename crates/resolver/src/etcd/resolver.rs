@@ -92,6 +92,7 @@ impl Resolve for EtcdResolver {
             held: HashMap::new(),
             count: 0,
             resume: None,
+            failures: 0,
         };
         resolution.with_task(tokio::spawn(watcher.run().instrument(span)))
     }
@@ -125,6 +126,8 @@ struct Watcher {
     count: usize,
     /// Where the next watch starts; `None` means list first.
     resume: Option<i64>,
+    /// Failed sessions since the last established watch.
+    failures: u32,
 }
 
 impl Watcher {
@@ -138,7 +141,13 @@ impl Watcher {
                 }
                 Interrupt::Failed(error) => {
                     let endpoint = self.members.endpoint().to_string();
-                    warn!(%endpoint, %error, "etcd watch interrupted; keeping the last instance set");
+                    // The first failure of a streak is a warning; repeats are reminders.
+                    if self.failures % 20 == 0 {
+                        warn!(%endpoint, %error, failures = self.failures + 1, "etcd watch interrupted; keeping the last instance set");
+                    } else {
+                        debug!(%endpoint, %error, failures = self.failures + 1, "etcd watch still interrupted");
+                    }
+                    self.failures += 1;
                     self.publisher.update_status(|s| {
                         s.connected = false;
                         s.last_error = Some(error.to_string());
@@ -247,7 +256,8 @@ impl Watcher {
                 .into();
             }
             if response.created() {
-                info!(%endpoint, revision = resume, "watching");
+                info!(%endpoint, revision = resume, after_failures = self.failures, "watching");
+                self.failures = 0;
                 self.backoff.reset();
                 self.publisher.update_status(|s| {
                     s.connected = true;
