@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what switchboard's demo and tests need and that cargo cannot fetch:
+# etcd (etcd-server), etcdctl (etcd-client) and protoc (protobuf-compiler), from Debian's packages.
+set -euo pipefail
+
+missing=()
+command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || [ -n "${ETCD_BIN:-}" ] || missing+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || [ -x /usr/bin/etcdctl ] || [ -n "${ETCDCTL_BIN:-}" ] || missing+=(etcd-client)
+command -v protoc >/dev/null 2>&1 || [ -n "${PROTOC:-}" ] || missing+=(protobuf-compiler)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]} from Debian's packages"
+  if [ "$(id -u)" -eq 0 ]; then
+    sudo=()
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo=(sudo)
+  else
+    echo "setup: not root and no sudo: run 'apt-get install ${missing[*]}' as root, then run this again" >&2
+    exit 1
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: no apt-get here: install ${missing[*]} (etcd 3.4 or newer, etcdctl, protoc) yourself," >&2
+    echo "       or point ETCD_BIN / ETCDCTL_BIN / PROTOC at them, then run this again" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  if ! "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; then
+    "${sudo[@]}" apt-get update -q >/dev/null
+    "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  # Debian starts an etcd service on 2379 after installing etcd-server; nothing here uses it.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+    "${sudo[@]}" systemctl stop etcd || true
+  fi
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found: install Rust from https://rustup.rs, then run this again" >&2
+  exit 1
+fi
