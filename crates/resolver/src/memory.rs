@@ -187,3 +187,75 @@ impl Resolve for MemoryResolver {
         resolution.with_task(task)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(key: &str, port: u16) -> Instance {
+        Instance::new(key, format!("127.0.0.1:{port}"))
+    }
+
+    #[tokio::test]
+    async fn lists_then_follows_its_prefix_only() {
+        let registry = MemoryRegistry::new();
+        registry.put(inst("svc/a", 1));
+        registry.put(inst("svc2/a", 2));
+        let mut resolution = registry.resolver("svc").resolve_now();
+        assert_eq!(
+            resolution.next_update().await,
+            Some(Update::Reset(vec![inst("svc/a", 1)]))
+        );
+        registry.put(inst("svc2/b", 3));
+        registry.put(inst("svc/b", 4));
+        registry.put(inst("svc/b", 4));
+        registry.put(inst("svc/b", 5));
+        assert_eq!(registry.delete("svc/zz"), None);
+        registry.delete("svc/a");
+        assert_eq!(
+            resolution.next_update().await,
+            Some(Update::Add(inst("svc/b", 4)))
+        );
+        assert_eq!(
+            resolution.next_update().await,
+            Some(Update::Add(inst("svc/b", 5)))
+        );
+        assert_eq!(
+            resolution.next_update().await,
+            Some(Update::Remove("svc/a".into()))
+        );
+        let status = resolution.status();
+        assert_eq!((status.instances, status.listings), (1, 1));
+        assert!(resolution.try_next_update().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_re_lists() {
+        let registry = MemoryRegistry::new();
+        let mut resolution = registry.resolver("svc").resolve_now();
+        assert_eq!(resolution.next_update().await, Some(Update::Reset(vec![])));
+        // Far more changes than the history holds, while the consumer does not read.
+        for i in 0..(HISTORY as u16 * 3) {
+            registry.put(inst(&format!("svc/{}", i % 50), 1000 + i));
+        }
+        let mut set = InstanceSet::default();
+        while set.pairs()
+            != registry
+                .list("svc/")
+                .iter()
+                .map(|i| (i.key.clone(), i.addr.clone()))
+                .collect::<Vec<_>>()
+        {
+            let update = resolution
+                .next_update()
+                .await
+                .expect("the resolution stays open");
+            set.apply(update);
+        }
+        assert!(
+            resolution.status().listings >= 2,
+            "{:?}",
+            resolution.status()
+        );
+    }
+}

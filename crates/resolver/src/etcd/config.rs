@@ -245,7 +245,8 @@ impl EtcdConfig {
         let mut opts = ConnectOptions::new()
             .with_require_leader(true)
             .with_connect_timeout(self.connect_timeout)
-            .with_keep_alive_while_idle(false);
+            .with_keep_alive_while_idle(false)
+            .with_auto_token_refresh(true);
         if let Some((interval, timeout)) = self.keepalive {
             opts = opts.with_keep_alive(interval, timeout);
         }
