@@ -6,13 +6,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use etcd_client::{Client, CompactionOptions, ConnectOptions, GetOptions};
+use etcd_client::{
+    Certificate, Client, CompactionOptions, ConnectOptions, GetOptions, Identity, TlsOptions,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 use tracing::{debug, info};
 
 use crate::ports::free_port;
+use crate::tls::TlsFiles;
 
 /// How long a member gets to start serving.
 const START_LIMIT: Duration = Duration::from_secs(60);
@@ -24,6 +27,7 @@ pub struct Etcd {
     dir: TempDir,
     members: Vec<Member>,
     token: String,
+    tls: Option<TlsFiles>,
 }
 
 #[derive(Debug)]
@@ -33,11 +37,13 @@ struct Member {
     peer_port: u16,
     child: Option<Child>,
     stopped: bool,
+    tls: bool,
 }
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -85,9 +91,19 @@ impl Etcd {
     /// Starts a cluster of `n` members and waits until it has a leader and every member
     /// serves. Retries with other ports if one was taken meanwhile.
     pub async fn start_cluster(n: usize) -> Result<Self> {
+        Self::start_with(n, None).await
+    }
+
+    /// Starts a single member that serves clients over TLS only and requires client
+    /// certificates signed by the same CA.
+    pub async fn start_tls(tls: TlsFiles) -> Result<Self> {
+        Self::start_with(1, Some(tls)).await
+    }
+
+    async fn start_with(n: usize, tls: Option<TlsFiles>) -> Result<Self> {
         let mut last = None;
         for _ in 0..3 {
-            match Self::try_start(n).await {
+            match Self::try_start(n, tls.clone()).await {
                 Ok(etcd) => return Ok(etcd),
                 Err(e) => {
                     debug!(error = %e, "etcd did not start; trying other ports");
@@ -98,7 +114,7 @@ impl Etcd {
         Err(last.unwrap_or_else(|| anyhow!("etcd did not start")))
     }
 
-    async fn try_start(n: usize) -> Result<Self> {
+    async fn try_start(n: usize, tls: Option<TlsFiles>) -> Result<Self> {
         let bin = etcd_bin()?;
         let dir = tempfile::Builder::new()
             .prefix("switchboard-etcd-")
@@ -111,6 +127,7 @@ impl Etcd {
                 peer_port: free_port()?,
                 child: None,
                 stopped: false,
+                tls: tls.is_some(),
             });
         }
         let token = format!(
@@ -126,6 +143,7 @@ impl Etcd {
             dir,
             members,
             token,
+            tls,
         };
         for i in 0..n {
             etcd.spawn(i, "new")?;
@@ -150,7 +168,17 @@ impl Etcd {
             .create(true)
             .append(true)
             .open(self.log_path(i))?;
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&data)
@@ -200,7 +228,7 @@ impl Etcd {
                     self.log_tail(i)
                 );
             }
-            if probe(&endpoint).await.is_ok() {
+            if probe(&endpoint, self.tls.as_ref()).await.is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -320,7 +348,7 @@ impl Etcd {
     pub async fn client(&self) -> Result<Client> {
         let mut last = None;
         for i in (0..self.members.len()).filter(|i| self.is_live(*i)) {
-            match probe(&self.endpoint(i)).await {
+            match probe(&self.endpoint(i), self.tls.as_ref()).await {
                 Ok(client) => return Ok(client),
                 Err(e) => last = Some(e),
             }
@@ -330,7 +358,7 @@ impl Etcd {
 
     /// A client connected to member `i` only.
     pub async fn client_of(&self, i: usize) -> Result<Client> {
-        probe(&self.endpoint(i)).await
+        probe(&self.endpoint(i), self.tls.as_ref()).await
     }
 
     /// Compacts the store at its current revision (physically) and returns that revision.
@@ -354,7 +382,7 @@ impl Etcd {
         let deadline = Instant::now() + START_LIMIT;
         loop {
             for i in (0..self.members.len()).filter(|i| self.is_live(*i)) {
-                if let Ok(mut client) = probe(&self.endpoint(i)).await
+                if let Ok(mut client) = probe(&self.endpoint(i), self.tls.as_ref()).await
                     && let Ok(status) = client.status().await
                     && status.header().map(|h| h.member_id()) == Some(status.leader())
                 {
@@ -402,11 +430,22 @@ fn etcdctl(endpoints: &str, args: &[&str]) -> Result<String> {
 }
 
 /// Connects to one member and checks that it serves linearizable reads (so it has a leader).
-async fn probe(endpoint: &str) -> Result<Client> {
-    let options = ConnectOptions::new()
+async fn probe(endpoint: &str, tls: Option<&TlsFiles>) -> Result<Client> {
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(3))
         .with_require_leader(true);
+    if let Some(tls) = tls {
+        let pem = |p: &Path| std::fs::read(p);
+        options = options.with_tls(
+            TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(pem(&tls.ca)?))
+                .identity(Identity::from_pem(
+                    pem(&tls.client_cert)?,
+                    pem(&tls.client_key)?,
+                )),
+        );
+    }
     let attempt = async {
         let mut client = Client::connect([endpoint], Some(options)).await?;
         client

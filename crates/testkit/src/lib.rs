@@ -21,6 +21,8 @@
 
 mod etcd;
 mod ports;
+mod tls;
 
 pub use etcd::{Etcd, etcdctl_bin};
 pub use ports::free_port;
+pub use tls::TlsFiles;

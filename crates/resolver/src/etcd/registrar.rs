@@ -364,10 +364,9 @@ impl Keeper {
             .request("opening the lease keepalive", leases.keep_alive(lease))
             .await?;
         // One keepalive first: a resumed lease may have expired while etcd was away.
-        keeper
-            .keep_alive()
-            .await
-            .map_err(|e| Error::new(Kind::Unavailable, "lease keepalive failed").with_source(e))?;
+        self.members
+            .request("sending a lease keepalive", keeper.keep_alive())
+            .await?;
         let ack = self
             .members
             .request("keeping the lease alive", acks.message())
@@ -433,9 +432,9 @@ impl Keeper {
                             "etcd member {endpoint} did not answer a lease keepalive for {:?}", since.elapsed()
                         )).into());
                     }
-                    keeper.keep_alive().await.map_err(|e| {
-                        Error::new(Kind::Unavailable, "lease keepalive failed").with_source(e)
-                    })?;
+                    self.members
+                        .request("sending a lease keepalive", keeper.keep_alive())
+                        .await?;
                     awaiting.get_or_insert_with(Instant::now);
                 }
                 ack = acks.message() => match ack {

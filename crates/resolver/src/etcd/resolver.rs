@@ -215,9 +215,9 @@ impl Watcher {
                         )).into();
                     }
                     if silent >= check {
-                        if let Err(e) = requests.request_progress().await {
-                            return Error::new(Kind::Unavailable, "progress request failed")
-                                .with_source(e).into();
+                        let progress = self.members.request("requesting watch progress", requests.request_progress());
+                        if let Err(e) = progress.await {
+                            return e.into();
                         }
                     }
                     continue;
