@@ -209,17 +209,7 @@ fn etcd_naming(key: &str, obj: &Map<String, Value>) -> Result<Vec<Instance>, Dec
 }
 
 fn kratos(key: &str, obj: &Map<String, Value>) -> Result<Vec<Instance>, DecodeError> {
-    let mut base = BTreeMap::new();
-    for field in ["id", "name", "version"] {
-        if let Some(v) = obj.get(field).filter(|v| !v.is_null()) {
-            base.insert(field.to_string(), scalar(v));
-        }
-    }
-    match obj.get("metadata") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => flatten_into(&mut base, m),
-        Some(_) => return Err(DecodeError::new("`metadata` is not an object")),
-    }
+    let base = described(obj, &["id", "name", "version"])?;
     let endpoints = array_field(obj, "endpoints")?;
     let mut grpc = Vec::new();
     for endpoint in endpoints {
@@ -264,17 +254,7 @@ fn kratos(key: &str, obj: &Map<String, Value>) -> Result<Vec<Instance>, DecodeEr
 }
 
 fn go_micro(key: &str, obj: &Map<String, Value>) -> Result<Vec<Instance>, DecodeError> {
-    let mut base = BTreeMap::new();
-    for field in ["name", "version"] {
-        if let Some(v) = obj.get(field).filter(|v| !v.is_null()) {
-            base.insert(field.to_string(), scalar(v));
-        }
-    }
-    match obj.get("metadata") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => flatten_into(&mut base, m),
-        Some(_) => return Err(DecodeError::new("`metadata` is not an object")),
-    }
+    let base = described(obj, &["name", "version"])?;
     let nodes = array_field(obj, "nodes")?;
     if nodes.is_empty() {
         return Err(DecodeError::new("`nodes` is empty"));
@@ -287,11 +267,7 @@ fn go_micro(key: &str, obj: &Map<String, Value>) -> Result<Vec<Instance>, Decode
         };
         let addr = validate(string_field(node, "address")?).map_err(DecodeError::new)?;
         let mut metadata = base.clone();
-        match node.get("metadata") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(m)) => flatten_into(&mut metadata, m),
-            Some(_) => return Err(DecodeError::new("a node's `metadata` is not an object")),
-        }
+        merge_metadata(&mut metadata, node, "a node's `metadata`")?;
         let id = node.get("id").map(scalar).unwrap_or_else(|| addr.clone());
         metadata.insert("id".to_string(), id.clone());
         let key = if several {
@@ -317,6 +293,39 @@ fn array_field<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a [Valu
         Some(Value::Array(a)) => Ok(a),
         Some(_) => Err(DecodeError::new(format!("`{field}` is not an array"))),
         None => Err(DecodeError::new(format!("`{field}` is missing"))),
+    }
+}
+
+/// The service-level metadata of a kratos or go-micro value: the given descriptive `fields`
+/// (id, name, version) merged with its `metadata` object.
+fn described(
+    obj: &Map<String, Value>,
+    fields: &[&str],
+) -> Result<BTreeMap<String, String>, DecodeError> {
+    let mut out = BTreeMap::new();
+    for field in fields {
+        if let Some(v) = obj.get(*field).filter(|v| !v.is_null()) {
+            out.insert(field.to_string(), scalar(v));
+        }
+    }
+    merge_metadata(&mut out, obj, "`metadata`")?;
+    Ok(out)
+}
+
+/// Adds the entries of `obj["metadata"]` (absent or null: none) to `out`; `what` names it in
+/// the error when it is not an object.
+fn merge_metadata(
+    out: &mut BTreeMap<String, String>,
+    obj: &Map<String, Value>,
+    what: &str,
+) -> Result<(), DecodeError> {
+    match obj.get("metadata") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Object(m)) => {
+            flatten_into(out, m);
+            Ok(())
+        }
+        Some(_) => Err(DecodeError::new(format!("{what} is not an object"))),
     }
 }
 

@@ -110,7 +110,13 @@ enum Interrupt {
 
 impl From<Error> for Interrupt {
     fn from(e: Error) -> Self {
-        Self::Failed(e)
+        // etcd answers a read or watch below its compacted revision with OutOfRange,
+        // "mvcc: required revision has been compacted": that calls for a listing, not a retry.
+        if e.to_string().contains("required revision has been compacted") {
+            Self::Compacted(0)
+        } else {
+            Self::Failed(e)
+        }
     }
 }
 
