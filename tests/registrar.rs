@@ -10,7 +10,7 @@ use switchboard_resolver::{
     Resolve,
 };
 use switchboard_testkit::{Etcd, free_port};
-use switchboard_tests::{Follower, PATIENCE, init_tracing};
+use switchboard_tests::{Follower, PATIENCE, init_tracing, retry};
 
 const TTL: Duration = Duration::from_secs(3);
 
@@ -157,7 +157,8 @@ async fn killed_keepalive_member_does_not_lose_the_key() -> Result<()> {
         .expect("the registrar names a member");
     etcd.kill(member);
     let observer = (0..3).find(|i| *i != member).expect("three members");
-    let mut client = etcd.client_of(observer).await?;
+    // Connecting may meet the election that follows the kill: retry it.
+    let mut client = retry(PATIENCE, || etcd.client_of(observer)).await?;
     // For three TTLs, the key must be there at every look (retrying reads during an election).
     let until = Instant::now() + TTL * 3;
     while Instant::now() < until {

@@ -151,7 +151,12 @@ pub async fn converge(
     prefix: &str,
     limit: Duration,
 ) -> Result<Duration> {
-    let expected = truth(client, prefix, Format::Auto).await?;
+    // The read itself may meet an election right after a fault: retry it.
+    let expected = retry(PATIENCE, || {
+        let mut client = client.clone();
+        async move { truth(&mut client, prefix, Format::Auto).await }
+    })
+    .await?;
     follower.wait_for_pairs(&expected, limit).await
 }
 

@@ -112,7 +112,9 @@ impl From<Error> for Interrupt {
     fn from(e: Error) -> Self {
         // etcd answers a read or watch below its compacted revision with OutOfRange,
         // "mvcc: required revision has been compacted": that calls for a listing, not a retry.
-        if e.to_string().contains("required revision has been compacted") {
+        if e.to_string()
+            .contains("required revision has been compacted")
+        {
             Self::Compacted(0)
         } else {
             Self::Failed(e)
