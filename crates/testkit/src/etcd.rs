@@ -28,6 +28,7 @@ pub struct Etcd {
     members: Vec<Member>,
     token: String,
     tls: Option<TlsFiles>,
+    client_options: ConnectOptions,
 }
 
 #[derive(Debug)]
@@ -138,12 +139,14 @@ impl Etcd {
                 .map(|s| s.to_string_lossy())
                 .unwrap_or_default()
         );
+        let client_options = client_options(tls.as_ref())?;
         let mut etcd = Self {
             bin,
             dir,
             members,
             token,
             tls,
+            client_options,
         };
         for i in 0..n {
             etcd.spawn(i, "new")?;
@@ -228,7 +231,7 @@ impl Etcd {
                     self.log_tail(i)
                 );
             }
-            if probe(&endpoint, self.tls.as_ref()).await.is_ok() {
+            if probe(&endpoint, &self.client_options).await.is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -348,7 +351,7 @@ impl Etcd {
     pub async fn client(&self) -> Result<Client> {
         let mut last = None;
         for i in (0..self.members.len()).filter(|i| self.is_live(*i)) {
-            match probe(&self.endpoint(i), self.tls.as_ref()).await {
+            match probe(&self.endpoint(i), &self.client_options).await {
                 Ok(client) => return Ok(client),
                 Err(e) => last = Some(e),
             }
@@ -358,7 +361,7 @@ impl Etcd {
 
     /// A client connected to member `i` only.
     pub async fn client_of(&self, i: usize) -> Result<Client> {
-        probe(&self.endpoint(i), self.tls.as_ref()).await
+        probe(&self.endpoint(i), &self.client_options).await
     }
 
     /// Compacts the store at its current revision (physically) and returns that revision.
@@ -382,7 +385,7 @@ impl Etcd {
         let deadline = Instant::now() + START_LIMIT;
         loop {
             for i in (0..self.members.len()).filter(|i| self.is_live(*i)) {
-                if let Ok(mut client) = probe(&self.endpoint(i), self.tls.as_ref()).await
+                if let Ok(mut client) = probe(&self.endpoint(i), &self.client_options).await
                     && let Ok(status) = client.status().await
                     && status.header().map(|h| h.member_id()) == Some(status.leader())
                 {
@@ -429,8 +432,9 @@ fn etcdctl(endpoints: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-/// Connects to one member and checks that it serves linearizable reads (so it has a leader).
-async fn probe(endpoint: &str, tls: Option<&TlsFiles>) -> Result<Client> {
+/// Options for the test's own clients: short bounds, `require_leader`, and the client
+/// certificate when the members serve TLS. Built once per cluster.
+fn client_options(tls: Option<&TlsFiles>) -> Result<ConnectOptions> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(3))
@@ -446,6 +450,12 @@ async fn probe(endpoint: &str, tls: Option<&TlsFiles>) -> Result<Client> {
                 )),
         );
     }
+    Ok(options)
+}
+
+/// Connects to one member and checks that it serves linearizable reads (so it has a leader).
+async fn probe(endpoint: &str, options: &ConnectOptions) -> Result<Client> {
+    let options = options.clone();
     let attempt = async {
         let mut client = Client::connect([endpoint], Some(options)).await?;
         client
