@@ -5,8 +5,9 @@
 //! nor lease keepalives. So each client here is connected to a single member; when a request to
 //! it fails or hangs past its bound, the caller calls [`Members::fail_over`] and the next call
 //! connects to the member that failed longest ago (one that never failed first, in list order
-//! after the current one), so a frozen member is not retried before the others. With `require_leader`, a member cut off from its leader fails
-//! requests too, and is left the same way.
+//! after the current one), so a frozen member is not retried before the others. With
+//! `require_leader`, a member cut off from its leader fails requests too, and is left the same
+//! way.
 
 use std::fmt::Display;
 use std::future::Future;
