@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+pub mod balancing;
+
 use anyhow::{Result, anyhow, bail};
 use etcd_client::{Client, GetOptions};
 use switchboard_resolver::{Format, InstanceSet, Resolution, ResolverStatus, Update};

@@ -1,0 +1,251 @@
+//! Building a [`Balancer`]: its options, with their defaults.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_resolver::{Resolution, Resolve};
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use crate::backoff::ConnectBackoff;
+use crate::balancer::{Balancer, Handle};
+use crate::connect::{ConnectOptions, HttpConnector};
+use crate::error::Error;
+use crate::inner::Inner;
+use crate::picker::Policy;
+use crate::subchannel::Settings;
+use crate::worker::Worker;
+
+/// Options of a [`Balancer`], set like tonic's `Endpoint`: each setter says its default.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use switchboard_balancer::{Balancer, Policy};
+/// use switchboard_resolver::StaticResolver;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let resolver = StaticResolver::from_target("direct:///127.0.0.1:50051,127.0.0.1:50052")?;
+/// let balancer = Balancer::builder()
+///     .target("user.rpc")
+///     .policy(Policy::P2c)
+///     .keepalive(Some(Duration::from_secs(10)))
+///     .build_from(&resolver)?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Builder {
+    target: String,
+    policy: Policy,
+    backoff: ConnectBackoff,
+    keepalive: Option<Duration>,
+    keepalive_timeout: Duration,
+    keepalive_while_idle: bool,
+    tcp_keepalive: Option<Duration>,
+    drain_timeout: Duration,
+    wait_for_ready: bool,
+    rtt_decay: Duration,
+    initial_stream_window: Option<u32>,
+    initial_connection_window: Option<u32>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsConfig>,
+    seed: Option<u64>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            target: "the service".into(),
+            policy: Policy::RoundRobin,
+            backoff: ConnectBackoff::default(),
+            keepalive: Some(Duration::from_secs(20)),
+            keepalive_timeout: Duration::from_secs(20),
+            keepalive_while_idle: false,
+            tcp_keepalive: Some(Duration::from_secs(20)),
+            drain_timeout: Duration::from_secs(30),
+            wait_for_ready: false,
+            rtt_decay: Duration::from_secs(10),
+            initial_stream_window: None,
+            initial_connection_window: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+            seed: None,
+        }
+    }
+}
+
+/// Everything the worker and the sub-channels need, once built.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) target: String,
+    pub(crate) policy: Policy,
+    pub(crate) backoff: ConnectBackoff,
+    pub(crate) subchannel: Settings,
+    pub(crate) rtt_decay: Duration,
+    pub(crate) seed: Option<u64>,
+}
+
+impl Builder {
+    /// The name of what is balanced, used in logs and error messages (an etcd prefix or a
+    /// service name). Defaults to "the service".
+    pub fn target(mut self, target: impl Into<String>) -> Self {
+        self.target = target.into();
+        self
+    }
+
+    /// How each RPC picks a sub-channel. Defaults to [`Policy::RoundRobin`].
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Connection backoff. Defaults to the gRPC spec's: 1 s, ×1.6, ±0.2, at most 120 s, at
+    /// least 20 s per attempt.
+    pub fn backoff(mut self, backoff: ConnectBackoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The HTTP/2 PING interval: a connection on which no frame arrived for this long is
+    /// pinged. `None` turns keepalive off. Defaults to 20 s (go-zero's default).
+    pub fn keepalive(mut self, interval: Option<Duration>) -> Self {
+        self.keepalive = interval;
+        self
+    }
+
+    /// How long a PING may stay unanswered before the connection is closed (also the socket's
+    /// `TCP_USER_TIMEOUT` while keepalive is on). Defaults to 20 s.
+    pub fn keepalive_timeout(mut self, timeout: Duration) -> Self {
+        self.keepalive_timeout = timeout;
+        self
+    }
+
+    /// Whether to ping connections that have no RPC in flight. Defaults to false (servers
+    /// with grpc-go's default policy answer such pings with GOAWAY `too_many_pings`).
+    pub fn keepalive_while_idle(mut self, enabled: bool) -> Self {
+        self.keepalive_while_idle = enabled;
+        self
+    }
+
+    /// TCP keepalive idle time and probe interval. `None` turns it off. Defaults to 20 s.
+    pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.tcp_keepalive = idle;
+        self
+    }
+
+    /// How long a removed instance's RPCs in flight may take before its connection is closed
+    /// anyway. Defaults to 30 s.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Whether RPCs wait for a READY instance when every instance is in TRANSIENT_FAILURE
+    /// (gRPC's wait-for-ready), instead of failing at once with UNAVAILABLE. A request can
+    /// override it with a [`WaitForReady`](crate::WaitForReady) extension. Either way an RPC
+    /// never waits past its deadline (`grpc-timeout`). Defaults to false.
+    pub fn wait_for_ready(mut self, enabled: bool) -> Self {
+        self.wait_for_ready = enabled;
+        self
+    }
+
+    /// The decay time of the peak-EWMA latency estimate used by [`Policy::P2cPeakEwma`].
+    /// Defaults to 10 s.
+    pub fn rtt_decay(mut self, decay: Duration) -> Self {
+        self.rtt_decay = decay;
+        self
+    }
+
+    /// HTTP/2 initial stream window. Defaults to hyper's (2 MiB).
+    pub fn initial_stream_window_size(mut self, size: Option<u32>) -> Self {
+        self.initial_stream_window = size;
+        self
+    }
+
+    /// HTTP/2 initial connection window. Defaults to hyper's (5 MiB).
+    pub fn initial_connection_window_size(mut self, size: Option<u32>) -> Self {
+        self.initial_connection_window = size;
+        self
+    }
+
+    /// Connects with TLS. Defaults to plain TCP.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Seeds every random choice (picker start, p2c, backoff jitter), for reproducible tests.
+    /// Defaults to a seed from the OS.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Starts the balancer on `resolver`'s instances. Must be called within a tokio runtime.
+    pub fn build_from(self, resolver: &impl Resolve) -> Result<Balancer, Error> {
+        self.build(resolver.resolve())
+    }
+
+    /// Starts the balancer on a resolution's updates. Must be called within a tokio runtime.
+    pub fn build(self, resolution: Resolution) -> Result<Balancer, Error> {
+        let options = ConnectOptions {
+            keepalive_timeout: self.keepalive_timeout,
+            keepalive_while_idle: self.keepalive_while_idle,
+            tcp_keepalive: self.tcp_keepalive,
+            initial_stream_window: self.initial_stream_window,
+            initial_connection_window: self.initial_connection_window,
+            #[cfg(feature = "tls")]
+            tls: self
+                .tls
+                .as_ref()
+                .map(|t| t.build())
+                .transpose()
+                .map_err(Error::tls)?,
+        };
+        if self.keepalive.is_some_and(|k| k.is_zero()) {
+            return Err(Error::config("the keepalive interval must be positive"));
+        }
+        let connector = HttpConnector::new(options);
+        let scheme = connector.scheme();
+        let (inner, close) = self.spawn(resolution, connector);
+        Ok(Balancer::new(Arc::new(Handle {
+            inner,
+            scheme,
+            wait_for_ready: self.wait_for_ready,
+            track_rtt: self.policy == Policy::P2cPeakEwma,
+            _close: close,
+        })))
+    }
+
+    /// Starts the worker with any connector.
+    pub(crate) fn spawn<C: crate::connect::Connector>(
+        &self,
+        resolution: Resolution,
+        connector: C,
+    ) -> (Arc<Inner<C::Sender>>, oneshot::Sender<()>) {
+        let config = Arc::new(Config {
+            target: self.target.clone(),
+            policy: self.policy,
+            backoff: self.backoff,
+            subchannel: Settings {
+                keepalive: self.keepalive,
+                drain_timeout: self.drain_timeout,
+            },
+            rtt_decay: self.rtt_decay,
+            seed: self.seed,
+        });
+        let inner = Arc::new(Inner::new(self.target.clone()));
+        let (close_tx, close_rx) = oneshot::channel();
+        let worker = Worker::new(
+            inner.clone(),
+            Arc::new(connector),
+            config,
+            resolution.status_watch(),
+        );
+        let span = tracing::info_span!("balancer", target = %self.target);
+        tokio::spawn(worker.run(resolution, close_rx).instrument(span));
+        (inner, close_tx)
+    }
+}

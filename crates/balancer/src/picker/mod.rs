@@ -1,0 +1,267 @@
+//! Pickers: which READY sub-channel carries the next RPC.
+//!
+//! The balancer keeps one sub-channel per instance, and every RPC needs one of those that are
+//! READY, chosen in nanoseconds, from any number of threads at once. As in grpc-go (a
+//! `balancer.Picker` rebuilt on every `UpdateState`), the choice is split in two:
+//!
+//! - When the set of READY sub-channels changes, the balancer calls [`Policy::build`] with the
+//!   READY endpoints in resolver order and swaps the new [`AnyPicker`] in atomically. A picker
+//!   never changes its list afterwards.
+//! - Every RPC calls [`Picker::pick`] on the current snapshot. It takes `&self`, is lock-free and
+//!   allocation-free (a few relaxed atomics at most), and reads no clock, except `p2c_peak_ewma`,
+//!   which reads [`Instant::now`](std::time::Instant::now) once.
+//!
+//! A picker with no endpoints answers [`Pick::Queue`]; the balancer turns that into waiting
+//! (wait-for-ready RPCs) or a failure with the last connection error (fail-fast RPCs). The
+//! pickers here never answer [`Pick::Fail`]; it exists for pickers that know an RPC must fail.
+//!
+//! # Policies
+//!
+//! | [`Policy`] | name | algorithm | source |
+//! |---|---|---|---|
+//! | [`RoundRobin`] | `round_robin` | each endpoint in turn from a random start | grpc-go `balancer/roundrobin` |
+//! | [`PickFirst`] | `pick_first` | the first in resolver order, sticky while READY | grpc-go `balancer/pickfirst`, gRFC A62 |
+//! | [`P2c`] | `p2c` | the less loaded of two random endpoints, by in-flight RPCs | Mitzenmacher 2001; tower `balance::p2c` |
+//! | [`P2c`] | `p2c_peak_ewma` | the same, by peak-EWMA RTT × (in-flight + 1) | Finagle `P2CPeakEwma`; tower `load::PeakEwma` |
+//! | [`WeightedRoundRobin`] | `weighted_round_robin` | round-robin in proportion to the registered weights | gRPC C++ `StaticStrideScheduler`, gRFC A58 |
+//!
+//! Each module explains its algorithm. Randomness is passed in as a `seed` (a random start for
+//! the round-robins, the generator's seed for p2c), so tests are exact; the balancer passes a
+//! fresh random seed for each picker it builds. Endpoints expose what the pickers read through
+//! [`Endpoint`]; [`PeakEwma`] is the lock-free latency estimator behind
+//! [`Endpoint::rtt_estimate`].
+//!
+//! # Examples
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use std::time::Instant;
+//!
+//! use switchboard_balancer::picker::{Endpoint, Pick, Picker, Policy};
+//!
+//! struct Backend {
+//!     addr: &'static str,
+//!     in_flight: AtomicU64,
+//! }
+//!
+//! impl Endpoint for Backend {
+//!     fn in_flight(&self) -> u64 {
+//!         self.in_flight.load(Ordering::Relaxed)
+//!     }
+//!     fn weight(&self) -> u32 {
+//!         1
+//!     }
+//!     fn rtt_estimate(&self, _now: Instant) -> Option<f64> {
+//!         None
+//!     }
+//! }
+//!
+//! let backend = |addr| Backend { addr, in_flight: AtomicU64::new(0) };
+//! let ready = vec![backend("10.0.0.1:80"), backend("10.0.0.2:80"), backend("10.0.0.3:80")];
+//!
+//! // Round-robin: three picks visit all three, whatever the random start.
+//! let policy: Policy = "round_robin".parse()?;
+//! let picker = policy.build(ready, 7, |_| false);
+//! let mut seen: Vec<&str> = (0..3)
+//!     .filter_map(|_| match picker.pick() {
+//!         Pick::Ready(b) => Some(b.addr),
+//!         Pick::Queue | Pick::Fail(_) => None,
+//!     })
+//!     .collect();
+//! seen.sort();
+//! assert_eq!(seen, ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]);
+//!
+//! // Nothing READY: the RPC waits for the next picker.
+//! let picker = Policy::P2c.build(Vec::<Backend>::new(), 7, |_| false);
+//! assert!(matches!(picker.pick(), Pick::Queue));
+//! # Ok::<(), switchboard_balancer::picker::UnknownPolicy>(())
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Instant;
+
+mod ewma;
+mod p2c;
+mod pick_first;
+mod rng;
+mod round_robin;
+mod weighted;
+
+#[cfg(test)]
+mod tests;
+
+pub use ewma::PeakEwma;
+pub use p2c::P2c;
+pub use pick_first::PickFirst;
+pub use round_robin::RoundRobin;
+pub use weighted::WeightedRoundRobin;
+
+/// What a picker reads from a READY sub-channel. Implemented by the balancer's ready connections.
+pub trait Endpoint: Send + Sync {
+    /// RPCs in flight on it now.
+    fn in_flight(&self) -> u64;
+
+    /// Relative weight, at least 1 (from the registration metadata). `weighted_round_robin`
+    /// treats 0 as 1.
+    fn weight(&self) -> u32;
+
+    /// Peak-EWMA round-trip estimate in nanoseconds decayed to `now`; `None` before the first
+    /// response. See [`PeakEwma::estimate`].
+    fn rtt_estimate(&self, now: Instant) -> Option<f64>;
+}
+
+/// The outcome of one pick.
+#[derive(Debug)]
+pub enum Pick<'a, T> {
+    /// Send the RPC on this endpoint.
+    Ready(&'a T),
+    /// No endpoint can take it now: wait for the next picker (or fail a fail-fast RPC).
+    Queue,
+    /// Fail the RPC with this status.
+    Fail(tonic::Status),
+}
+
+/// Chooses an endpoint for each RPC from a fixed set of READY endpoints.
+pub trait Picker<T>: Send + Sync {
+    /// Chooses the endpoint for one RPC. Lock-free and allocation-free.
+    fn pick(&self) -> Pick<'_, T>;
+}
+
+/// A load-balancing policy, by its gRPC service-config name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// `round_robin`: each READY endpoint in turn from a random start. The default.
+    #[default]
+    RoundRobin,
+    /// `pick_first`: the first READY endpoint in resolver order, kept while it stays READY.
+    PickFirst,
+    /// `p2c`: the one with fewer RPCs in flight of two random READY endpoints.
+    P2c,
+    /// `p2c_peak_ewma`: the cheaper of two random READY endpoints by peak-EWMA RTT × (in-flight
+    /// + 1).
+    P2cPeakEwma,
+    /// `weighted_round_robin`: round-robin in proportion to each endpoint's weight.
+    WeightedRoundRobin,
+}
+
+impl Policy {
+    /// Every policy, in declaration order.
+    pub const ALL: [Policy; 5] = [
+        Policy::RoundRobin,
+        Policy::PickFirst,
+        Policy::P2c,
+        Policy::P2cPeakEwma,
+        Policy::WeightedRoundRobin,
+    ];
+
+    /// The policy's name: `round_robin`, `pick_first`, `p2c`, `p2c_peak_ewma` or
+    /// `weighted_round_robin`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "round_robin",
+            Policy::PickFirst => "pick_first",
+            Policy::P2c => "p2c",
+            Policy::P2cPeakEwma => "p2c_peak_ewma",
+            Policy::WeightedRoundRobin => "weighted_round_robin",
+        }
+    }
+
+    /// Builds this policy's picker over the READY endpoints, given in resolver order.
+    /// `seed` feeds the picker's random start / random choices (deterministic for tests).
+    /// For pick_first, `sticky` tells whether an endpoint is the one picked before: it stays
+    /// picked while READY; otherwise the first endpoint in order is picked.
+    pub fn build<T: Endpoint>(
+        self,
+        ready: Vec<T>,
+        seed: u64,
+        sticky: impl FnMut(&T) -> bool,
+    ) -> AnyPicker<T> {
+        match self {
+            Policy::RoundRobin => AnyPicker::RoundRobin(RoundRobin::new(ready, seed)),
+            Policy::PickFirst => AnyPicker::PickFirst(PickFirst::new(ready, sticky)),
+            Policy::P2c => AnyPicker::P2c(P2c::new(ready, seed, false)),
+            Policy::P2cPeakEwma => AnyPicker::P2c(P2c::new(ready, seed, true)),
+            Policy::WeightedRoundRobin => {
+                AnyPicker::WeightedRoundRobin(WeightedRoundRobin::new(ready, seed))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Policy {
+    type Err = UnknownPolicy;
+
+    /// Parses a policy name. Case, `_` and `-` are ignored, so `round_robin`, `round-robin`,
+    /// `RoundRobin` and `ROUND_ROBIN` are all [`Policy::RoundRobin`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        fn significant(name: &str) -> impl Iterator<Item = u8> + '_ {
+            name.bytes()
+                .filter(|b| !matches!(b, b'_' | b'-'))
+                .map(|b| b.to_ascii_lowercase())
+        }
+        let s = s.trim();
+        Policy::ALL
+            .into_iter()
+            .find(|p| significant(p.as_str()).eq(significant(s)))
+            .ok_or_else(|| UnknownPolicy(s.to_owned()))
+    }
+}
+
+/// A load-balancing policy name that is not one of [`Policy`]'s.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown load-balancing policy {0:?}: expected one of round_robin, pick_first, p2c, \
+     p2c_peak_ewma, weighted_round_robin"
+)]
+pub struct UnknownPolicy(String);
+
+impl UnknownPolicy {
+    /// The name that was not recognised.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The picker of any [`Policy`], dispatched by `match` (no virtual call).
+#[derive(Debug)]
+pub enum AnyPicker<T> {
+    /// See [`RoundRobin`].
+    RoundRobin(RoundRobin<T>),
+    /// See [`PickFirst`].
+    PickFirst(PickFirst<T>),
+    /// See [`P2c`]; also `p2c_peak_ewma`.
+    P2c(P2c<T>),
+    /// See [`WeightedRoundRobin`].
+    WeightedRoundRobin(WeightedRoundRobin<T>),
+}
+
+impl<T> AnyPicker<T> {
+    /// The READY endpoints the picker was built over, in the order given.
+    pub fn endpoints(&self) -> &[T] {
+        match self {
+            AnyPicker::RoundRobin(p) => p.endpoints(),
+            AnyPicker::PickFirst(p) => p.endpoints(),
+            AnyPicker::P2c(p) => p.endpoints(),
+            AnyPicker::WeightedRoundRobin(p) => p.endpoints(),
+        }
+    }
+}
+
+impl<T: Endpoint> Picker<T> for AnyPicker<T> {
+    #[inline]
+    fn pick(&self) -> Pick<'_, T> {
+        match self {
+            AnyPicker::RoundRobin(p) => p.pick(),
+            AnyPicker::PickFirst(p) => p.pick(),
+            AnyPicker::P2c(p) => p.pick(),
+            AnyPicker::WeightedRoundRobin(p) => p.pick(),
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! A channelz-like view of a balancer: its state and, per sub-channel, address, state, call
+//! counters and last error. Cheap to take every second.
+
+use serde::Serialize;
+
+use crate::state::ConnectivityState;
+
+/// The state of a balanced channel and of each of its sub-channels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChannelSnapshot {
+    /// What the channel balances over (a service name or an etcd prefix).
+    pub target: String,
+    /// The aggregate state.
+    pub state: ConnectivityState,
+    /// One entry per sub-channel, in instance-key order, then those still draining.
+    pub subchannels: Vec<SubchannelSnapshot>,
+}
+
+/// One sub-channel's address, state and counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SubchannelSnapshot {
+    /// The instance's key in the registry.
+    pub key: String,
+    /// `host:port`.
+    pub addr: String,
+    /// Its connectivity state.
+    pub state: ConnectivityState,
+    /// Its weight for weighted round-robin.
+    pub weight: u32,
+    /// RPCs sent on it.
+    pub calls_started: u64,
+    /// RPCs that ended with status OK.
+    pub calls_succeeded: u64,
+    /// RPCs that ended with another status, failed, or were cancelled.
+    pub calls_failed: u64,
+    /// RPCs in flight now (streams count until they end).
+    pub in_flight: u64,
+    /// Connection attempts made.
+    pub connects: u64,
+    /// When its state last changed, in milliseconds since the Unix epoch.
+    pub last_state_change_ms: u64,
+    /// The last connection error, if any.
+    pub last_error: Option<String>,
+}
+
+impl ChannelSnapshot {
+    /// The sub-channel of the instance at `addr`, if there is one.
+    pub fn by_addr(&self, addr: &str) -> Option<&SubchannelSnapshot> {
+        self.subchannels.iter().find(|s| s.addr == addr)
+    }
+
+    /// How many sub-channels are READY.
+    pub fn ready(&self) -> usize {
+        self.subchannels
+            .iter()
+            .filter(|s| s.state == ConnectivityState::Ready)
+            .count()
+    }
+}

@@ -1,0 +1,415 @@
+//! A sub-channel: one HTTP/2 connection to one instance, and the task that keeps it up.
+//!
+//! The task runs gRPC's connectivity state machine (see [`ConnectivityState`]):
+//!
+//! ```text
+//!            ┌──────────── connection lost (GOAWAY) ─────────────┐
+//!            v                                                   │
+//!  IDLE ──> CONNECTING ──── SETTINGS received ───────────────> READY
+//!            │   ^                                               │
+//!  connect   │   │ backoff over                                  │ error, reset,
+//!  failed or v   │                                               │ keepalive timeout
+//!  timed out TRANSIENT_FAILURE <─────────────────────────────────┘
+//!
+//!  any state ── removed from the resolver ──> (drain in-flight RPCs) ──> SHUTDOWN
+//! ```
+//!
+//! Connection attempts follow the gRPC connection-backoff spec ([`ConnectBackoff`]). A
+//! connection that was READY is replaced at once when it is lost (the backoff starts over
+//! once SETTINGS arrived), except when it lived less than the initial backoff: then the next
+//! attempt waits, so that a server that accepts and closes at once is not hammered. A
+//! `too_many_pings` GOAWAY doubles the keepalive interval of the next connections, as grpc-go
+//! does.
+//!
+//! [`ConnectBackoff`]: crate::ConnectBackoff
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use http::uri::Authority;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, trace};
+
+use crate::backoff::Backoff;
+use crate::connect::{Closed, Connection, Connector};
+use crate::picker::{Endpoint, PeakEwma};
+use crate::state::ConnectivityState;
+
+/// What every part of the balancer knows about one sub-channel: its identity, counters and
+/// state. The counters are updated on the call path with relaxed atomics.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) id: u64,
+    pub(crate) key: String,
+    pub(crate) addr: String,
+    pub(crate) weight: AtomicU32,
+    pub(crate) started: AtomicU64,
+    pub(crate) succeeded: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) rtt: PeakEwma,
+    draining: AtomicBool,
+    idle: Notify,
+    pub(crate) info: Mutex<Info>,
+}
+
+/// The slowly changing part of a sub-channel, for introspection.
+#[derive(Clone, Debug)]
+pub(crate) struct Info {
+    pub(crate) state: ConnectivityState,
+    pub(crate) since: SystemTime,
+    pub(crate) last_error: Option<String>,
+    pub(crate) connects: u64,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        id: u64,
+        key: String,
+        addr: String,
+        weight: u32,
+        rtt_decay: Duration,
+    ) -> Self {
+        Self {
+            id,
+            key,
+            addr,
+            weight: AtomicU32::new(weight.max(1)),
+            started: AtomicU64::new(0),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            rtt: PeakEwma::new(rtt_decay),
+            draining: AtomicBool::new(false),
+            idle: Notify::new(),
+            info: Mutex::new(Info {
+                state: ConnectivityState::Idle,
+                since: SystemTime::now(),
+                last_error: None,
+                connects: 0,
+            }),
+        }
+    }
+
+    pub(crate) fn info(&self) -> Info {
+        self.info
+            .lock()
+            .map(|i| i.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    fn update_info(&self, f: impl FnOnce(&mut Info)) {
+        let mut info = self.info.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut info);
+    }
+
+    /// One more RPC in flight.
+    #[inline]
+    pub(crate) fn call_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An RPC is done: `ok` tells whether it ended with status OK; `None` means it was never
+    /// sent and does not count.
+    #[inline]
+    pub(crate) fn call_ended(&self, ok: Option<bool>) {
+        match ok {
+            Some(true) => {
+                self.succeeded.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(false) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                self.started.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
+            && self.draining.load(Ordering::Acquire)
+        {
+            self.idle.notify_one();
+        }
+    }
+}
+
+/// A READY connection of a sub-channel, as pickers see it.
+#[derive(Debug)]
+pub(crate) struct ReadyConn<S> {
+    pub(crate) sub: Arc<Shared>,
+    pub(crate) sender: S,
+    pub(crate) authority: Authority,
+}
+
+/// A cheap handle on a READY connection: what picker snapshots hold.
+#[derive(Debug)]
+pub(crate) struct Ready<S>(pub(crate) Arc<ReadyConn<S>>);
+
+impl<S> Clone for Ready<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<S: Send + Sync> Endpoint for Ready<S> {
+    #[inline]
+    fn in_flight(&self) -> u64 {
+        self.0.sub.in_flight.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn weight(&self) -> u32 {
+        self.0.sub.weight.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn rtt_estimate(&self, now: std::time::Instant) -> Option<f64> {
+        self.0.sub.rtt.estimate(now)
+    }
+}
+
+/// A state change, reported to the balancer.
+#[derive(Debug)]
+pub(crate) struct Event<S> {
+    pub(crate) id: u64,
+    pub(crate) state: ConnectivityState,
+    /// The connection, when `state` is READY.
+    pub(crate) ready: Option<Ready<S>>,
+}
+
+/// Settings of a sub-channel's task.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) keepalive: Option<Duration>,
+    pub(crate) drain_timeout: Duration,
+}
+
+/// The task that keeps one sub-channel connected until it is told to drain.
+pub(crate) struct Driver<C: Connector> {
+    shared: Arc<Shared>,
+    connector: Arc<C>,
+    authority: Authority,
+    events: mpsc::UnboundedSender<Event<C::Sender>>,
+    drain: watch::Receiver<bool>,
+    backoff: Backoff,
+    keepalive: Option<Duration>,
+    drain_timeout: Duration,
+    state: ConnectivityState,
+}
+
+/// How a READY connection ended.
+enum Served {
+    Closed(Closed),
+    Drained,
+}
+
+impl<C: Connector> Driver<C> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        connector: Arc<C>,
+        authority: Authority,
+        events: mpsc::UnboundedSender<Event<C::Sender>>,
+        drain: watch::Receiver<bool>,
+        backoff: Backoff,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            shared,
+            connector,
+            authority,
+            events,
+            drain,
+            backoff,
+            keepalive: settings.keepalive,
+            drain_timeout: settings.drain_timeout,
+            state: ConnectivityState::Idle,
+        }
+    }
+
+    /// Runs the state machine until the sub-channel is drained and SHUTDOWN.
+    pub(crate) async fn run(mut self) {
+        loop {
+            let started = Instant::now();
+            let attempt = self.backoff.attempt(started);
+            self.transition(ConnectivityState::Connecting, None, None);
+            self.shared.update_info(|i| i.connects += 1);
+            let connecting = self.connector.connect(&self.shared.addr, self.keepalive);
+            let result = tokio::select! {
+                r = tokio::time::timeout_at(attempt.connect_deadline, connecting) => r,
+                () = drain_requested(&mut self.drain) => return self.shutdown(),
+            };
+            let error = match result {
+                Ok(Ok(conn)) => {
+                    let ready_at = Instant::now();
+                    self.backoff.reset();
+                    match self.serve(conn).await {
+                        Served::Drained => return,
+                        Served::Closed(how) => {
+                            let retry_at = ready_at + self.backoff.config().initial;
+                            match how {
+                                Closed::Graceful => {
+                                    let why = "the server closed the connection (GOAWAY)";
+                                    self.transition(
+                                        ConnectivityState::Idle,
+                                        Some(why.into()),
+                                        None,
+                                    );
+                                }
+                                Closed::TooManyPings(e) => {
+                                    self.keepalive = self.keepalive.map(|k| k.saturating_mul(2));
+                                    info!(
+                                        addr = %self.shared.addr,
+                                        keepalive = ?self.keepalive,
+                                        "server said too_many_pings: doubling the keepalive interval"
+                                    );
+                                    self.transition(
+                                        ConnectivityState::TransientFailure,
+                                        Some(e),
+                                        None,
+                                    );
+                                }
+                                Closed::Error(e) => {
+                                    self.transition(
+                                        ConnectivityState::TransientFailure,
+                                        Some(e),
+                                        None,
+                                    );
+                                }
+                            }
+                            if Instant::now() < retry_at && !self.wait_until(retry_at).await {
+                                return self.shutdown();
+                            }
+                            continue;
+                        }
+                    }
+                }
+                Ok(Err(e)) => e,
+                Err(_) => format!(
+                    "connection attempt timed out after {:?}",
+                    attempt.connect_deadline - started
+                ),
+            };
+            self.transition(ConnectivityState::TransientFailure, Some(error), None);
+            if !self.wait_until(attempt.retry_at).await {
+                return self.shutdown();
+            }
+        }
+    }
+
+    /// READY: hands the connection to the balancer and waits for its end or for a drain.
+    async fn serve(&mut self, conn: Connection<C::Sender>) -> Served {
+        let Connection {
+            sender,
+            mut closed,
+            abort,
+        } = conn;
+        let ready = Ready(Arc::new(ReadyConn {
+            sub: self.shared.clone(),
+            sender,
+            authority: self.authority.clone(),
+        }));
+        self.transition(ConnectivityState::Ready, None, Some(ready));
+        tokio::select! {
+            how = &mut closed => Served::Closed(how),
+            () = drain_requested(&mut self.drain) => {
+                self.drain_in_flight(&mut closed).await;
+                abort();
+                self.shutdown();
+                Served::Drained
+            }
+        }
+    }
+
+    /// Waits until no RPC is in flight on this sub-channel, or the drain timeout passed.
+    ///
+    /// The connection's dispatch future ends as soon as the balancer drops its request
+    /// senders, while hyper's connection task goes on serving the streams already open: only
+    /// the in-flight count tells when they are done.
+    async fn drain_in_flight(&self, closed: &mut crate::connect::BoxFuture<Closed>) {
+        let shared = &self.shared;
+        shared.draining.store(true, Ordering::Release);
+        let deadline = Instant::now() + self.drain_timeout;
+        let mut dispatch_done = false;
+        loop {
+            let in_flight = shared.in_flight.load(Ordering::Acquire);
+            if in_flight == 0 {
+                debug!(addr = %shared.addr, "drained");
+                return;
+            }
+            trace!(addr = %shared.addr, in_flight, "draining");
+            tokio::select! {
+                () = shared.idle.notified() => {}
+                _ = &mut *closed, if !dispatch_done => dispatch_done = true,
+                () = tokio::time::sleep_until(deadline) => {
+                    info!(
+                        addr = %shared.addr,
+                        in_flight,
+                        timeout = ?self.drain_timeout,
+                        "drain timeout: closing the connection with RPCs in flight"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sleeps until `at`; false if a drain was requested meanwhile.
+    async fn wait_until(&mut self, at: Instant) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep_until(at) => true,
+            () = drain_requested(&mut self.drain) => false,
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.transition(ConnectivityState::Shutdown, None, None);
+    }
+
+    fn transition(
+        &mut self,
+        next: ConnectivityState,
+        error: Option<String>,
+        ready: Option<Ready<C::Sender>>,
+    ) {
+        let from = self.state;
+        debug_assert!(from.can_become(next), "{from} -> {next}");
+        if !from.can_become(next) {
+            tracing::error!(addr = %self.shared.addr, %from, %next, "invalid state transition");
+        }
+        self.state = next;
+        match (&error, next) {
+            (Some(e), _) => {
+                debug!(addr = %self.shared.addr, %from, %next, error = %e, "sub-channel state")
+            }
+            (None, ConnectivityState::Ready | ConnectivityState::Shutdown) => {
+                debug!(addr = %self.shared.addr, %from, %next, "sub-channel state")
+            }
+            (None, _) => trace!(addr = %self.shared.addr, %from, %next, "sub-channel state"),
+        }
+        self.shared.update_info(|i| {
+            if i.state != next {
+                i.since = SystemTime::now();
+            }
+            i.state = next;
+            if let Some(e) = error {
+                i.last_error = Some(e);
+            }
+        });
+        let _ = self.events.send(Event {
+            id: self.shared.id,
+            state: next,
+            ready,
+        });
+    }
+}
+
+/// Resolves once a drain is requested (or whoever could request one is gone).
+async fn drain_requested(drain: &mut watch::Receiver<bool>) {
+    let _ = drain.wait_for(|d| *d).await;
+}
+
+#[cfg(test)]
+mod tests;

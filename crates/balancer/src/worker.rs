@@ -1,0 +1,461 @@
+//! The balancer's background task: applies resolver updates and sub-channel state changes,
+//! and publishes a new picker snapshot whenever the READY set changes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use switchboard_resolver::{Change, Instance, InstanceSet, Resolution, ResolverStatus, Update};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::backoff::Backoff;
+use crate::builder::Config;
+use crate::connect::{Connector, authority};
+use crate::inner::{Inner, Snapshot};
+use crate::picker::Policy;
+use crate::state::ConnectivityState;
+use crate::subchannel::{Driver, Event, Ready, Shared};
+
+/// One sub-channel as the worker tracks it.
+struct Sub<S> {
+    shared: Arc<Shared>,
+    drain: watch::Sender<bool>,
+    state: ConnectivityState,
+    ready: Option<Ready<S>>,
+    /// Its first connection attempt is over (it was READY or failed at least once).
+    settled: bool,
+}
+
+impl<S> Sub<S> {
+    fn id(&self) -> u64 {
+        self.shared.id
+    }
+}
+
+/// The sub-channel(s) of one instance key: the current one, and while an address change is
+/// in progress, the previous one, which keeps serving until the current one is READY.
+struct Slot<S> {
+    current: Sub<S>,
+    previous: Option<Sub<S>>,
+}
+
+pub(crate) struct Worker<C: Connector> {
+    inner: Arc<Inner<C::Sender>>,
+    connector: Arc<C>,
+    config: Arc<Config>,
+    set: InstanceSet,
+    slots: BTreeMap<String, Slot<C::Sender>>,
+    /// Sub-channel id → instance key, for the sub-channels held in `slots`.
+    keys: HashMap<u64, String>,
+    /// Sub-channels removed from `slots` that have not reached SHUTDOWN yet.
+    draining: HashMap<u64, Arc<Shared>>,
+    events_tx: mpsc::UnboundedSender<Event<C::Sender>>,
+    events: mpsc::UnboundedReceiver<Event<C::Sender>>,
+    resolver: watch::Receiver<ResolverStatus>,
+    rng: SmallRng,
+    next_id: u64,
+    sticky: Option<u64>,
+    resolved: bool,
+    last_error: Option<String>,
+    ready_dirty: bool,
+    dirty: bool,
+    members_dirty: bool,
+}
+
+impl<C: Connector> Worker<C> {
+    pub(crate) fn new(
+        inner: Arc<Inner<C::Sender>>,
+        connector: Arc<C>,
+        config: Arc<Config>,
+        resolver: watch::Receiver<ResolverStatus>,
+    ) -> Self {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let rng = match config.seed {
+            Some(seed) => SmallRng::seed_from_u64(seed),
+            None => SmallRng::from_rng(&mut rand::rng()),
+        };
+        Self {
+            inner,
+            connector,
+            config,
+            set: InstanceSet::default(),
+            slots: BTreeMap::new(),
+            keys: HashMap::new(),
+            draining: HashMap::new(),
+            events_tx,
+            events,
+            resolver,
+            rng,
+            next_id: 0,
+            sticky: None,
+            resolved: false,
+            last_error: None,
+            ready_dirty: false,
+            dirty: false,
+            members_dirty: false,
+        }
+    }
+
+    /// Runs until `close` fires (every handle on the balancer is gone), then drains every
+    /// sub-channel.
+    pub(crate) async fn run(
+        mut self,
+        mut resolution: Resolution,
+        mut close: oneshot::Receiver<()>,
+    ) {
+        let mut resolving = true;
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut close => break,
+                Some(event) = self.events.recv() => {
+                    self.on_event(event);
+                    while let Ok(event) = self.events.try_recv() {
+                        self.on_event(event);
+                    }
+                }
+                update = resolution.next_update(), if resolving => match update {
+                    Some(update) => {
+                        self.apply(update);
+                        while let Some(update) = resolution.try_next_update() {
+                            self.apply(update);
+                        }
+                    }
+                    None => {
+                        warn!(target = %self.config.target, "the resolver stopped: keeping the last instance set");
+                        resolving = false;
+                    }
+                },
+            }
+            self.publish();
+        }
+        debug!(target = %self.config.target, "balancer closed: draining every sub-channel");
+        for (_, slot) in std::mem::take(&mut self.slots) {
+            let _ = slot.current.drain.send(true);
+            if let Some(previous) = slot.previous {
+                let _ = previous.drain.send(true);
+            }
+        }
+        self.inner
+            .store(Snapshot::Fail(tonic::Status::unavailable(format!(
+                "the channel to {} is closed",
+                self.config.target
+            ))));
+        self.inner.set_state(ConnectivityState::Shutdown);
+    }
+
+    fn apply(&mut self, update: Update) {
+        self.resolved = true;
+        self.dirty = true;
+        for change in self.set.apply(update) {
+            match change {
+                Change::Added(instance) => {
+                    if let Some(sub) = self.spawn(&instance) {
+                        self.keys.insert(sub.id(), instance.key.clone());
+                        self.slots.insert(
+                            instance.key,
+                            Slot {
+                                current: sub,
+                                previous: None,
+                            },
+                        );
+                    }
+                }
+                Change::Removed(instance) => {
+                    info!(key = %instance.key, addr = %instance.addr, "removing instance");
+                    if let Some(slot) = self.slots.remove(&instance.key) {
+                        self.drain(slot.current);
+                        if let Some(previous) = slot.previous {
+                            self.drain(previous);
+                        }
+                    }
+                }
+                Change::Replaced { old, new } => self.replace(old, new),
+            }
+        }
+    }
+
+    fn replace(&mut self, old: Instance, new: Instance) {
+        let Some(slot) = self.slots.get_mut(&new.key) else {
+            // The old address could not be used; try the new one.
+            return self.apply_added(new);
+        };
+        if old.addr == new.addr {
+            debug!(key = %new.key, weight = new.weight, "instance metadata changed");
+            slot.current
+                .shared
+                .weight
+                .store(new.weight.max(1), Ordering::Relaxed);
+            self.ready_dirty = true;
+            return;
+        }
+        info!(key = %new.key, from = %old.addr, to = %new.addr, "instance moved");
+        let Some(sub) = self.spawn(&new) else { return };
+        let Some(slot) = self.slots.get_mut(&new.key) else {
+            return;
+        };
+        self.keys.insert(sub.id(), new.key.clone());
+        let old_current = std::mem::replace(&mut slot.current, sub);
+        let stale = if old_current.ready.is_some() {
+            slot.previous.replace(old_current)
+        } else {
+            Some(old_current)
+        };
+        if let Some(stale) = stale {
+            self.drain(stale);
+        }
+    }
+
+    fn apply_added(&mut self, instance: Instance) {
+        if let Some(sub) = self.spawn(&instance) {
+            self.keys.insert(sub.id(), instance.key.clone());
+            self.slots.insert(
+                instance.key,
+                Slot {
+                    current: sub,
+                    previous: None,
+                },
+            );
+        }
+    }
+
+    fn spawn(&mut self, instance: &Instance) -> Option<Sub<C::Sender>> {
+        let authority = match authority(&instance.addr) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(key = %instance.key, error = %e, "skipping instance");
+                return None;
+            }
+        };
+        info!(key = %instance.key, addr = %instance.addr, "adding instance");
+        self.next_id += 1;
+        let shared = Arc::new(Shared::new(
+            self.next_id,
+            instance.key.clone(),
+            instance.addr.clone(),
+            instance.weight,
+            self.config.rtt_decay,
+        ));
+        let (drain, drain_rx) = watch::channel(false);
+        let backoff = Backoff::new(
+            self.config.backoff,
+            SmallRng::seed_from_u64(self.rng.random()),
+        );
+        let driver = Driver::new(
+            shared.clone(),
+            self.connector.clone(),
+            authority,
+            self.events_tx.clone(),
+            drain_rx,
+            backoff,
+            self.config.subchannel.clone(),
+        );
+        let span = info_span!("subchannel", addr = %instance.addr);
+        tokio::spawn(driver.run().instrument(span));
+        self.members_dirty = true;
+        Some(Sub {
+            shared,
+            drain,
+            state: ConnectivityState::Idle,
+            ready: None,
+            settled: false,
+        })
+    }
+
+    fn drain(&mut self, sub: Sub<C::Sender>) {
+        self.keys.remove(&sub.id());
+        if sub.ready.is_some() {
+            self.ready_dirty = true;
+        }
+        if self.sticky == Some(sub.id()) {
+            self.sticky = None;
+        }
+        if sub.state != ConnectivityState::Shutdown {
+            self.draining.insert(sub.id(), sub.shared.clone());
+        }
+        let _ = sub.drain.send(true);
+        self.members_dirty = true;
+        self.dirty = true;
+    }
+
+    fn on_event(&mut self, event: Event<C::Sender>) {
+        self.dirty = true;
+        if event.state == ConnectivityState::TransientFailure {
+            if let Some(shared) = self.find(event.id) {
+                if let Some(e) = shared.info().last_error {
+                    self.last_error = Some(format!("{}: {e}", shared.addr));
+                }
+            }
+        }
+        let Some(key) = self.keys.get(&event.id).cloned() else {
+            if event.state == ConnectivityState::Shutdown
+                && self.draining.remove(&event.id).is_some()
+            {
+                self.members_dirty = true;
+            }
+            return;
+        };
+        let Some(slot) = self.slots.get_mut(&key) else {
+            return;
+        };
+        let is_current = slot.current.id() == event.id;
+        let sub = if is_current {
+            &mut slot.current
+        } else {
+            match slot.previous.as_mut() {
+                Some(p) if p.id() == event.id => p,
+                _ => return,
+            }
+        };
+        if sub.ready.is_some() || event.ready.is_some() {
+            self.ready_dirty = true;
+        }
+        sub.state = event.state;
+        sub.ready = event.ready;
+        if matches!(
+            event.state,
+            ConnectivityState::Ready | ConnectivityState::TransientFailure
+        ) {
+            sub.settled = true;
+        }
+        let replaced = if is_current && sub.state == ConnectivityState::Ready {
+            slot.previous.take()
+        } else {
+            None
+        };
+        if let Some(previous) = replaced {
+            debug!(key = %previous.shared.key, addr = %previous.shared.addr, "the new address is READY: draining the old one");
+            self.drain(previous);
+        }
+    }
+
+    fn find(&self, id: u64) -> Option<Arc<Shared>> {
+        if let Some(shared) = self.draining.get(&id) {
+            return Some(shared.clone());
+        }
+        let slot = self.slots.get(self.keys.get(&id)?)?;
+        [Some(&slot.current), slot.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|s| s.id() == id)
+            .map(|s| s.shared.clone())
+    }
+
+    /// Publishes the picker snapshot, the channel state and the sub-channel list if they
+    /// changed.
+    fn publish(&mut self) {
+        if self.members_dirty {
+            self.members_dirty = false;
+            let mut members: Vec<Arc<Shared>> = Vec::with_capacity(self.slots.len());
+            for slot in self.slots.values() {
+                members.push(slot.current.shared.clone());
+                if let Some(p) = &slot.previous {
+                    members.push(p.shared.clone());
+                }
+            }
+            members.extend(self.draining.values().cloned());
+            self.inner.set_members(members);
+        }
+        if !self.dirty && !self.ready_dirty {
+            return;
+        }
+        self.dirty = false;
+        let state = if !self.resolved {
+            ConnectivityState::Connecting
+        } else {
+            ConnectivityState::aggregate(self.slots.values().flat_map(|s| {
+                std::iter::once(s.current.state).chain(s.previous.as_ref().map(|p| p.state))
+            }))
+        };
+        let ready_dirty = std::mem::take(&mut self.ready_dirty);
+        let was_pick = matches!(&**self.inner.load(), Snapshot::Pick(_));
+        if state == ConnectivityState::Ready {
+            if ready_dirty || !was_pick {
+                self.build_picker();
+            }
+        } else if state == ConnectivityState::TransientFailure {
+            self.inner
+                .store(Snapshot::Fail(tonic::Status::unavailable(self.failure())));
+        } else if was_pick || ready_dirty || self.inner.state() != state {
+            self.inner.store(Snapshot::Queue);
+        }
+        self.inner.set_state(state);
+    }
+
+    fn build_picker(&mut self) {
+        let ready: Vec<Ready<C::Sender>> = self
+            .slots
+            .values()
+            .filter_map(|s| {
+                s.current
+                    .ready
+                    .clone()
+                    .or_else(|| s.previous.as_ref().and_then(|p| p.ready.clone()))
+            })
+            .collect();
+        if self.config.policy == Policy::PickFirst {
+            let keep = self
+                .sticky
+                .filter(|id| ready.iter().any(|r| r.0.sub.id == *id));
+            self.sticky = match keep {
+                Some(id) => Some(id),
+                None => match self.first_in_order() {
+                    Some(id) => Some(id),
+                    None => {
+                        // An instance earlier in order is still on its first attempt: wait
+                        // for it, as pick-first's in-order attempts would.
+                        self.inner.store(Snapshot::Queue);
+                        return;
+                    }
+                },
+            };
+        }
+        let sticky = self.sticky;
+        debug!(target = %self.config.target, ready = ready.len(), "new picker");
+        let picker = self
+            .config
+            .policy
+            .build(ready, self.rng.random(), |r| Some(r.0.sub.id) == sticky);
+        self.inner.store(Snapshot::Pick(picker));
+    }
+
+    /// Pick-first's choice: the first READY sub-channel in resolver order, unless one before
+    /// it has not finished its first connection attempt yet.
+    fn first_in_order(&self) -> Option<u64> {
+        for slot in self.slots.values() {
+            let sub = match (&slot.current, &slot.previous) {
+                (current, _) if current.ready.is_some() => current,
+                (_, Some(previous)) if previous.ready.is_some() => previous,
+                (current, _) => current,
+            };
+            if sub.ready.is_some() {
+                return Some(sub.id());
+            }
+            if !sub.settled {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Why no RPC can be sent now.
+    fn failure(&self) -> String {
+        let target = &self.config.target;
+        if self.slots.is_empty() {
+            let status = self.resolver.borrow();
+            return match &status.last_error {
+                Some(e) if !status.connected => {
+                    format!("no instances of {target} (resolver: {e})")
+                }
+                _ => format!("no instances of {target}"),
+            };
+        }
+        match &self.last_error {
+            Some(e) => format!("no READY instance of {target}; last connection error: {e}"),
+            None => format!("no READY instance of {target}"),
+        }
+    }
+}

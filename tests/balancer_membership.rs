@@ -1,0 +1,203 @@
+//! Instances coming and going: removal drains streams, address changes move traffic without
+//! failures, re-listings keep connections, and no instance fails or waits as gRPC says.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use switchboard_balancer::{Balancer, ConnectivityState};
+use switchboard_resolver::Update;
+use switchboard_testkit::TestServer;
+use switchboard_tests::balancing::{
+    balancer as start_balancer, call, call_with, client, instance, send, wait_ready, wait_snapshot,
+    wait_until, watch_events,
+};
+use switchboard_tests::init_tracing;
+use tonic::Code;
+
+const T: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn a_removed_instance_finishes_its_stream_then_its_connection_closes() -> Result<()> {
+    init_tracing();
+    let a = TestServer::start("a").await?;
+    let b = TestServer::start("b").await?;
+    let (publisher, balancer) = start_balancer(Balancer::builder())?;
+    send(
+        &publisher,
+        Update::Reset(vec![instance("a", a.addr()), instance("b", b.addr())]),
+    )
+    .await?;
+    wait_ready(&balancer, 2).await?;
+
+    // Open a stream on whichever instance the picker gives, then remove that instance.
+    let mut client = client(&balancer);
+    let mut stream = watch_events(&mut client, 10, Duration::from_millis(100)).await?;
+    let first = stream.message().await?.expect("a first event");
+    let (gone, stays) = if first.instance == "a" {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    send(&publisher, Update::Remove(gone.name().to_string())).await?;
+    let removed_addr = gone.addr().to_string();
+    wait_snapshot(&balancer, "removed instance leaves the picker", |s| {
+        s.by_addr(&removed_addr)
+            .is_none_or(|c| c.state == ConnectivityState::Shutdown || c.in_flight == 1)
+    })
+    .await?;
+
+    // New calls go to the other instance only, while the stream goes on.
+    let served_before = gone.served();
+    for _ in 0..20 {
+        assert_eq!(call(&mut client, T).await?, stays.name());
+    }
+    let mut seqs = vec![first.seq];
+    while let Some(event) = stream.message().await? {
+        assert_eq!(event.instance, gone.name());
+        seqs.push(event.seq);
+    }
+    assert_eq!(seqs.len(), 10, "the stream completed: {seqs:?}");
+    assert_eq!(
+        gone.served(),
+        served_before,
+        "no new call reached the removed instance"
+    );
+
+    // Then its connection closes and its sub-channel is gone.
+    wait_until("the removed instance's connection closes", || {
+        gone.connections() == 0
+    })
+    .await?;
+    wait_snapshot(&balancer, "the sub-channel is gone", |s| {
+        s.by_addr(&removed_addr).is_none()
+    })
+    .await?;
+    assert_eq!(stays.connections(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_address_change_under_the_same_key_moves_traffic_without_failures() -> Result<()> {
+    init_tracing();
+    let old = TestServer::start("old").await?;
+    let new = TestServer::start("new").await?;
+    let (publisher, balancer) = start_balancer(Balancer::builder())?;
+    send(
+        &publisher,
+        Update::Reset(vec![instance("svc/1", old.addr())]),
+    )
+    .await?;
+    wait_ready(&balancer, 1).await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (balancer, stop, failures) = (balancer.clone(), stop.clone(), failures.clone());
+        load.push(tokio::spawn(async move {
+            let mut client = client(&balancer);
+            let mut calls = 0;
+            while !stop.load(Ordering::Relaxed) && calls < 20_000 {
+                if let Err(status) = call(&mut client, T).await {
+                    tracing::error!(%status, "call failed");
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                calls += 1;
+            }
+            calls
+        }));
+    }
+    wait_until("load reaches the old address", || old.served() > 20).await?;
+    send(&publisher, Update::Add(instance("svc/1", new.addr()))).await?;
+    wait_until("load reaches the new address", || new.served() > 20).await?;
+    wait_until("the old connection closes", || old.connections() == 0).await?;
+    let old_served = old.served();
+    wait_until("more load on the new address", || new.served() > 200).await?;
+    stop.store(true, Ordering::Relaxed);
+    let mut calls = 0;
+    for task in load {
+        calls += task.await?;
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "of {calls} calls");
+    assert_eq!(
+        old.served(),
+        old_served,
+        "nothing reached the old address once it closed"
+    );
+    let snapshot = balancer.snapshot();
+    assert_eq!(snapshot.subchannels.len(), 1, "{snapshot:#?}");
+    assert_eq!(snapshot.subchannels[0].addr, new.addr().to_string());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reset_keeps_the_connections_of_unchanged_instances() -> Result<()> {
+    init_tracing();
+    let a = TestServer::start("a").await?;
+    let b = TestServer::start("b").await?;
+    let c = TestServer::start("c").await?;
+    let (publisher, balancer) = start_balancer(Balancer::builder())?;
+    send(
+        &publisher,
+        Update::Reset(vec![instance("a", a.addr()), instance("b", b.addr())]),
+    )
+    .await?;
+    wait_ready(&balancer, 2).await?;
+    send(
+        &publisher,
+        Update::Reset(vec![instance("b", b.addr()), instance("c", c.addr())]),
+    )
+    .await?;
+    let snapshot = wait_snapshot(&balancer, "a removed, c READY", |s| {
+        s.by_addr(&a.addr().to_string()).is_none() && s.ready() == 2
+    })
+    .await?;
+    let b_sub = snapshot.by_addr(&b.addr().to_string()).expect("b is kept");
+    assert_eq!(b_sub.connects, 1, "b kept its connection: {snapshot:#?}");
+    assert_eq!(b.connections(), 1);
+    wait_until("a's connection closes", || a.connections() == 0).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_instances_calls_fail_fast_or_wait_for_ready_until_their_deadline() -> Result<()> {
+    init_tracing();
+    let (publisher, balancer) = start_balancer(Balancer::builder().target("user.rpc"))?;
+    send(&publisher, Update::Reset(Vec::new())).await?;
+    wait_snapshot(&balancer, "TRANSIENT_FAILURE", |s| {
+        s.state == ConnectivityState::TransientFailure
+    })
+    .await?;
+    let mut client = client(&balancer);
+
+    let status = call(&mut client, T).await.expect_err("no instance");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("no instances of user.rpc"),
+        "{status:?}"
+    );
+
+    let started = Instant::now();
+    let status = call_with(&mut client, Duration::from_millis(300), Some(true))
+        .await
+        .expect_err("no instance");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    let waited = started.elapsed();
+    ensure!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+        "waited {waited:?} for a 300 ms deadline"
+    );
+
+    // A wait-for-ready call is served as soon as an instance is READY.
+    let server = TestServer::start("late").await?;
+    let waiting = {
+        let mut client = client.clone();
+        tokio::spawn(async move { call_with(&mut client, T * 3, Some(true)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    send(&publisher, Update::Add(instance("late", server.addr()))).await?;
+    assert_eq!(waiting.await??, "late");
+    Ok(())
+}
