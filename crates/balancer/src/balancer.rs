@@ -201,6 +201,8 @@ impl Balancer {
     }
 }
 
+// Returned by value once per attempt, like the response it stands for: no need to box.
+#[allow(clippy::large_enum_variant)]
 enum Failed {
     /// The request never left: it can go elsewhere.
     Unsent(Request<tonic::body::Body>, String),

@@ -15,6 +15,8 @@ use crate::state::ConnectivityState;
 use crate::subchannel::{Ready, Shared};
 
 /// What a pick is made from: swapped as a whole whenever the READY set changes.
+// Always behind an `Arc`, built once per change of the READY set.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Snapshot<S> {
     /// Some sub-channel is READY.
     Pick(AnyPicker<Ready<S>>),

@@ -312,15 +312,26 @@ impl<C: Connector> Driver<C> {
             authority: self.authority.clone(),
         }));
         self.transition(ConnectivityState::Ready, None, Some(ready));
-        tokio::select! {
-            how = &mut closed => Served::Closed(how),
-            () = drain_requested(&mut self.drain) => {
+        let how = tokio::select! {
+            biased;
+            () = drain_requested(&mut self.drain) => None,
+            how = &mut closed => Some(how),
+        };
+        match how {
+            // Dropping the balancer's senders on removal also ends the dispatch: that is a
+            // drain, not a lost connection.
+            Some(how) if !self.drain_is_requested() => Served::Closed(how),
+            _ => {
                 self.drain_in_flight(&mut closed).await;
                 abort();
                 self.shutdown();
                 Served::Drained
             }
         }
+    }
+
+    fn drain_is_requested(&self) -> bool {
+        *self.drain.borrow() || self.drain.has_changed().is_err()
     }
 
     /// Waits until no RPC is in flight on this sub-channel, or the drain timeout passed.

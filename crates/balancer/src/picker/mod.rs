@@ -25,11 +25,12 @@
 //! | [`P2c`] | `p2c_peak_ewma` | the same, by peak-EWMA RTT × (in-flight + 1) | Finagle `P2CPeakEwma`; tower `load::PeakEwma` |
 //! | [`WeightedRoundRobin`] | `weighted_round_robin` | round-robin in proportion to the registered weights | gRPC C++ `StaticStrideScheduler`, gRFC A58 |
 //!
-//! Each module explains its algorithm. Randomness is passed in as a `seed` (a random start for
-//! the round-robins, the generator's seed for p2c), so tests are exact; the balancer passes a
-//! fresh random seed for each picker it builds. Endpoints expose what the pickers read through
-//! [`Endpoint`]; [`PeakEwma`] is the lock-free latency estimator behind
-//! [`Endpoint::rtt_estimate`].
+//! Each module ([`round_robin`], [`pick_first`], [`p2c`], [`weighted`], [`ewma`]) explains its
+//! algorithm and its source. Randomness is passed in as a `seed` (the round-robins' random start,
+//! p2c's generator), so that tests are exact; outside tests it should be fresh and random for
+//! every picker built, or every rebuild would start round-robin at the same endpoint. Endpoints
+//! expose what the pickers read through [`Endpoint`]; [`PeakEwma`] is the lock-free latency
+//! estimator behind [`Endpoint::rtt_estimate`].
 //!
 //! # Examples
 //!
@@ -81,12 +82,12 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Instant;
 
-mod ewma;
-mod p2c;
-mod pick_first;
+pub mod ewma;
+pub mod p2c;
+pub mod pick_first;
 mod rng;
-mod round_robin;
-mod weighted;
+pub mod round_robin;
+pub mod weighted;
 
 #[cfg(test)]
 mod tests;
