@@ -55,6 +55,8 @@ pub struct PeakEwma {
     base: Instant,
     /// `τ` in nanoseconds, at least 1.
     tau_ns: f64,
+    /// `1/τ`, so that a read multiplies rather than divides.
+    rate: f64,
     /// The estimate at `stamp`, as `f64` bits.
     rtt_ns: AtomicU64,
     /// Nanoseconds from `base` to the last update, or `NEVER`.
@@ -68,9 +70,11 @@ impl PeakEwma {
     /// An estimator without samples whose estimate decays with time constant `decay` (after
     /// `decay` without samples, to 1/e). A zero `decay` is taken as 1 ns.
     pub fn new(decay: Duration) -> Self {
+        let tau_ns = nanos(decay).max(1.0);
         Self {
             base: Instant::now(),
-            tau_ns: nanos(decay).max(1.0),
+            tau_ns,
+            rate: tau_ns.recip(),
             rtt_ns: AtomicU64::new(0.0_f64.to_bits()),
             stamp: AtomicU64::new(NEVER),
         }
@@ -122,7 +126,7 @@ impl PeakEwma {
     /// `e^(−elapsed/τ)`: how much of the estimate survives `elapsed` nanoseconds.
     #[inline]
     fn weight(&self, elapsed: u64) -> f64 {
-        (-(elapsed as f64) / self.tau_ns).exp()
+        (-(elapsed as f64) * self.rate).exp()
     }
 
     /// Nanoseconds from `base` to `now` (0 before `base`), below `NEVER`.
