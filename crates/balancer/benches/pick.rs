@@ -2,7 +2,8 @@
 //!
 //! Run with `cargo bench -p switchboard-balancer --bench pick`. The endpoints are in-memory
 //! stand-ins with a little load, weights 1 to 4 and a peak-EWMA estimator with a few samples, so
-//! `p2c_peak_ewma` pays for its clock read and two decayed estimates as it would in the balancer.
+//! `p2c_peak_ewma` pays for its clock read and two decayed estimates as it would in the balancer;
+//! `p2c_peak_ewma_pick_at` is the same pick with the time passed in by the caller.
 //! Picks run on one thread; the figures are the cost of the choice itself, without contention.
 
 use std::hint::black_box;
@@ -52,17 +53,30 @@ fn endpoints(n: usize) -> Vec<Ready> {
         .collect()
 }
 
+/// The endpoint picked, as a pointer `black_box` can keep.
+fn ready(pick: Pick<'_, Ready>) -> *const Ready {
+    match pick {
+        Pick::Ready(e) => black_box(e),
+        Pick::Queue | Pick::Fail(_) => std::ptr::null(),
+    }
+}
+
 fn pick(c: &mut Criterion) {
     let mut group = c.benchmark_group("pick");
     for policy in Policy::ALL {
         for n in [3, 100, 10_000] {
             let picker = policy.build(endpoints(n), 0x5EED, |_| false);
             group.bench_with_input(BenchmarkId::new(policy.as_str(), n), &picker, |b, p| {
-                b.iter(|| match black_box(p).pick() {
-                    Pick::Ready(e) => black_box(e as *const Ready),
-                    Pick::Queue | Pick::Fail(_) => std::ptr::null(),
-                });
+                b.iter(|| ready(black_box(p).pick()));
             });
+            if policy == Policy::P2cPeakEwma {
+                // The same with the clock read by the caller, as the channel can for each RPC.
+                let id = BenchmarkId::new("p2c_peak_ewma_pick_at", n);
+                let now = Instant::now();
+                group.bench_with_input(id, &picker, |b, p| {
+                    b.iter(|| ready(black_box(p).pick_at(black_box(now))));
+                });
+            }
         }
     }
     group.finish();

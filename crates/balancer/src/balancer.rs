@@ -150,17 +150,21 @@ impl Balancer {
         let mut unsent = 0u32;
         loop {
             let generation = inner.generation();
+            // Peak-EWMA reads the clock once: for the pick and for the latency sample.
+            let now = handle.track_rtt.then(std::time::Instant::now);
             let picked = match &**inner.load() {
-                Snapshot::Pick(picker) => match picker.pick() {
-                    Pick::Ready(ready) => Ok(ready.clone()),
-                    Pick::Queue => Err(None),
-                    Pick::Fail(status) => Err(Some(status)),
-                },
+                Snapshot::Pick(picker) => {
+                    match now.map_or_else(|| picker.pick(), |now| picker.pick_at(now)) {
+                        Pick::Ready(ready) => Ok(ready.clone()),
+                        Pick::Queue => Err(None),
+                        Pick::Fail(status) => Err(Some(status)),
+                    }
+                }
                 Snapshot::Queue => Err(None),
                 Snapshot::Fail(status) => Err(Some(status.clone())),
             };
             let status = match picked {
-                Ok(ready) => match send_on(handle, &ready, request).await {
+                Ok(ready) => match send_on(handle, &ready, request, now).await {
                     Ok(response) => return Ok(response),
                     Err(Failed::Sent(status)) => return Err(status),
                     Err(Failed::Unsent(back, why)) => {
@@ -214,6 +218,7 @@ async fn send_on(
     handle: &Handle,
     ready: &Ready<Sender>,
     request: Request<tonic::body::Body>,
+    started: Option<std::time::Instant>,
 ) -> Result<Response<ResponseBody>, Failed> {
     let conn = &*ready.0;
     let (mut parts, body) = request.into_parts();
@@ -236,7 +241,6 @@ async fn send_on(
     let mut call = Call {
         sub: Some(sub.clone()),
     };
-    let started = handle.track_rtt.then(std::time::Instant::now);
     let mut sender = conn.sender.clone();
     match sender.try_send_request(request).await {
         Ok(response) => {

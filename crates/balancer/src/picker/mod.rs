@@ -9,7 +9,8 @@
 //!   never changes its list afterwards.
 //! - Every RPC calls [`Picker::pick`] on the current snapshot. It takes `&self`, is lock-free and
 //!   allocation-free (a few relaxed atomics at most), and reads no clock, except `p2c_peak_ewma`,
-//!   which reads [`Instant::now`](std::time::Instant::now) once.
+//!   which reads [`Instant::now`](std::time::Instant::now) once, or takes the time from the caller
+//!   through [`AnyPicker::pick_at`].
 //!
 //! A picker with no endpoints answers [`Pick::Queue`]; the balancer turns that into waiting
 //! (wait-for-ready RPCs) or a failure with the last connection error (fail-fast RPCs). The
@@ -251,6 +252,20 @@ impl<T> AnyPicker<T> {
             AnyPicker::PickFirst(p) => p.endpoints(),
             AnyPicker::P2c(p) => p.endpoints(),
             AnyPicker::WeightedRoundRobin(p) => p.endpoints(),
+        }
+    }
+}
+
+impl<T: Endpoint> AnyPicker<T> {
+    /// [`Picker::pick`] with the clock already read: `now` is when the RPC starts. Only
+    /// `p2c_peak_ewma` reads the time ([`P2c::pick_at`]); it then saves its one clock read per pick.
+    #[inline]
+    pub fn pick_at(&self, now: Instant) -> Pick<'_, T> {
+        match self {
+            AnyPicker::RoundRobin(p) => p.pick(),
+            AnyPicker::PickFirst(p) => p.pick(),
+            AnyPicker::P2c(p) => p.pick_at(now),
+            AnyPicker::WeightedRoundRobin(p) => p.pick(),
         }
     }
 }

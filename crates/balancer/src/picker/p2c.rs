@@ -16,7 +16,8 @@
 //! - **Load.** Plain p2c compares [`Endpoint::in_flight`]. With peak-EWMA the load is Finagle's
 //!   and tower's cost, `rtt × (in_flight + 1)`: the latency estimate from
 //!   [`Endpoint::rtt_estimate`] (see [`PeakEwma`](super::PeakEwma)) times the RPCs that would
-//!   then be outstanding. It reads the clock once per pick.
+//!   then be outstanding. [`Picker::pick`] reads the clock once; [`P2c::pick_at`] takes the time
+//!   from a caller that has read it already.
 //! - **No estimate yet.** An endpoint that has not answered yet has no RTT. Finagle
 //!   (`loadbalancer/PeakEwma.scala`) gives it cost 0 while it has nothing in flight, so that a new
 //!   endpoint gets a first request at once, and a penalty far above any real cost (`2^47` ns, about
@@ -53,6 +54,34 @@ impl<T: Endpoint> P2c<T> {
             rng: AtomicSplitMix::new(seed),
             peak_ewma,
         }
+    }
+
+    /// [`Picker::pick`] with the clock already read: `now` is when the RPC starts. The caller
+    /// reads the clock anyway (for the deadline and the RTT sample), and on a virtual machine that
+    /// read costs as much as the rest of a peak-EWMA pick. Plain p2c ignores `now`.
+    #[inline]
+    pub fn pick_at(&self, now: Instant) -> Pick<'_, T> {
+        self.pick_with(|| now)
+    }
+
+    #[inline]
+    fn pick_with(&self, now: impl FnOnce() -> Instant) -> Pick<'_, T> {
+        let n = self.ready.len();
+        let (a, b) = match n {
+            0 => return Pick::Queue,
+            1 => return self.ready.first().map_or(Pick::Queue, Pick::Ready),
+            _ => self.candidates(n),
+        };
+        let (Some(ea), Some(eb)) = (self.ready.get(a), self.ready.get(b)) else {
+            return Pick::Queue;
+        };
+        let first = if self.peak_ewma {
+            let now = now();
+            peak_ewma_cost(ea, now) <= peak_ewma_cost(eb, now)
+        } else {
+            ea.in_flight() <= eb.in_flight()
+        };
+        Pick::Ready(if first { ea } else { eb })
     }
 }
 
@@ -93,21 +122,6 @@ fn peak_ewma_cost<T: Endpoint>(e: &T, now: Instant) -> f64 {
 impl<T: Endpoint> Picker<T> for P2c<T> {
     #[inline]
     fn pick(&self) -> Pick<'_, T> {
-        let n = self.ready.len();
-        let (a, b) = match n {
-            0 => return Pick::Queue,
-            1 => return self.ready.first().map_or(Pick::Queue, Pick::Ready),
-            _ => self.candidates(n),
-        };
-        let (Some(ea), Some(eb)) = (self.ready.get(a), self.ready.get(b)) else {
-            return Pick::Queue;
-        };
-        let first = if self.peak_ewma {
-            let now = Instant::now();
-            peak_ewma_cost(ea, now) <= peak_ewma_cost(eb, now)
-        } else {
-            ea.in_flight() <= eb.in_flight()
-        };
-        Pick::Ready(if first { ea } else { eb })
+        self.pick_with(Instant::now)
     }
 }

@@ -316,6 +316,74 @@ fn p2c_peak_ewma_probes_an_endpoint_without_estimate_once() {
     assert_eq!(counts(&picker, 2, 100), [0, 100]);
 }
 
+/// An endpoint whose RTT comes from a real [`PeakEwma`].
+struct Measured {
+    id: usize,
+    rtt: PeakEwma,
+}
+
+impl Endpoint for Measured {
+    fn in_flight(&self) -> u64 {
+        0
+    }
+
+    fn weight(&self) -> u32 {
+        1
+    }
+
+    fn rtt_estimate(&self, now: Instant) -> Option<f64> {
+        self.rtt.estimate(now)
+    }
+}
+
+#[test]
+fn p2c_peak_ewma_pick_at_decays_estimates_to_the_given_time() {
+    let tau = Duration::from_secs(10);
+    let t0 = Instant::now();
+    let slow = Measured {
+        id: 0,
+        rtt: PeakEwma::new(tau),
+    };
+    let fast = Measured {
+        id: 1,
+        rtt: PeakEwma::new(tau),
+    };
+    slow.rtt.observe(Duration::from_millis(10), t0);
+    fast.rtt.observe(Duration::from_millis(4), t0 + 2 * tau);
+    let picker = Policy::P2cPeakEwma.build(vec![slow, fast], 6, |_| false);
+    let id = |pick: Pick<'_, Measured>| match pick {
+        Pick::Ready(m) => m.id,
+        Pick::Queue | Pick::Fail(_) => usize::MAX,
+    };
+    // At t0 + 2τ the 10 ms peak has decayed to 1.35 ms, below the fresh 4 ms.
+    for _ in 0..100 {
+        assert_eq!(id(picker.pick_at(t0 + 2 * tau)), 0);
+    }
+    // At t0 it has not decayed (and the 4 ms sample is not older than that).
+    for _ in 0..100 {
+        assert_eq!(id(picker.pick_at(t0)), 1);
+    }
+}
+
+#[test]
+fn pick_at_is_pick_for_the_other_policies() {
+    let now = Instant::now();
+    for policy in [
+        Policy::RoundRobin,
+        Policy::PickFirst,
+        Policy::WeightedRoundRobin,
+    ] {
+        let a = policy.build(mocks(5), 8, |m| m.id == 3);
+        let b = policy.build(mocks(5), 8, |m| m.id == 3);
+        for _ in 0..20 {
+            let (Pick::Ready(x), Pick::Ready(y)) = (a.pick(), b.pick_at(now)) else {
+                panic!("{policy} did not pick");
+            };
+            assert_eq!(x.id, y.id, "{policy}");
+        }
+    }
+}
+
 // ===== weighted_round_robin =====
 
 #[test]
@@ -473,6 +541,10 @@ fn peak_ewma_takes_peaks_at_once() {
     let t1 = t0 + Duration::from_millis(1);
     ewma.observe(Duration::from_millis(50), t1);
     assert_eq!(ewma.estimate(t1), Some(50.0 * MS));
+    // Even one a little higher, long after: replaced, not blended.
+    let t2 = t1 + Duration::from_secs(10);
+    ewma.observe(Duration::from_millis(51), t2);
+    assert_eq!(ewma.estimate(t2), Some(51.0 * MS));
 }
 
 #[test]

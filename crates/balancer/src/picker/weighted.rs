@@ -64,12 +64,16 @@ impl<T: Endpoint> WeightedRoundRobin<T> {
             .iter()
             .position(|&w| u64::from(w) == MAX_WEIGHT)
             .unwrap_or(0);
+        let n = ready.len() as u64;
+        // The schedule repeats every `n × MAX_WEIGHT` sequence numbers, so a start within the
+        // first period reaches every phase, and the counter does not wrap in practice.
+        let period = n.saturating_mul(MAX_WEIGHT).max(1);
         Self {
-            max_draws: ready.len() as u64 + EXTRA_DRAWS,
+            max_draws: n + EXTRA_DRAWS,
             ready,
             weights,
             heaviest,
-            sequence: Padded(AtomicU64::new(splitmix64(seed))),
+            sequence: Padded(AtomicU64::new(splitmix64(seed) % period)),
         }
     }
 }
