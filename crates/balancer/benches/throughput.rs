@@ -89,7 +89,11 @@ impl Contender {
 
 enum Client {
     Tonic(UserClient<Channel>),
-    Switchboard(UserClient<Balancer>, switchboard_resolver::Publisher),
+    /// The publisher is kept so that the instance set stays as it was set.
+    Switchboard(
+        UserClient<Balancer>,
+        #[allow(dead_code)] switchboard_resolver::Publisher,
+    ),
 }
 
 async fn client(contender: Contender, addrs: &[String]) -> Result<Client, BoxError> {
