@@ -3,8 +3,6 @@
 //! could have sent elsewhere.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
@@ -12,62 +10,16 @@ use switchboard_balancer::{Balancer, ConnectBackoff, ConnectivityState};
 use switchboard_resolver::Update;
 use switchboard_testkit::{BlackHoleServer, FaultProxy, Http1Server, ServerProcess, TestServer};
 use switchboard_tests::balancing::{
-    balancer as start_balancer, call, client, instance, send, state_of, wait_ready, wait_snapshot,
+    Load, balancer as start_balancer, call, client, instance, send, state_of, wait_ready,
+    wait_snapshot,
 };
 use switchboard_tests::init_tracing;
-use tokio::task::JoinHandle;
 use tonic::Code;
 
 const T: Duration = Duration::from_secs(10);
 
 fn server_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_test-server"))
-}
-
-/// Callers that call in a loop until stopped (at most 20 000 calls each), counting failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    failures: Arc<AtomicUsize>,
-    tasks: Vec<JoinHandle<usize>>,
-}
-
-impl Load {
-    fn start(balancer: &Balancer, callers: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let failures = Arc::new(AtomicUsize::new(0));
-        let tasks = (0..callers)
-            .map(|_| {
-                let (balancer, stop, failures) = (balancer.clone(), stop.clone(), failures.clone());
-                tokio::spawn(async move {
-                    let mut client = client(&balancer);
-                    let mut calls = 0;
-                    while !stop.load(Ordering::Relaxed) && calls < 20_000 {
-                        if let Err(status) = call(&mut client, T).await {
-                            tracing::warn!(%status, "call failed");
-                            failures.fetch_add(1, Ordering::Relaxed);
-                        }
-                        calls += 1;
-                    }
-                    calls
-                })
-            })
-            .collect();
-        Self {
-            stop,
-            failures,
-            tasks,
-        }
-    }
-
-    /// Stops the callers; returns (calls, failures).
-    async fn finish(self) -> Result<(usize, usize)> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut calls = 0;
-        for task in self.tasks {
-            calls += task.await?;
-        }
-        Ok((calls, self.failures.load(Ordering::Relaxed)))
-    }
 }
 
 #[tokio::test]

@@ -1,8 +1,6 @@
 //! Instances coming and going: removal drains streams, address changes move traffic without
 //! failures, re-listings keep connections, and no instance fails or waits as gRPC says.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
@@ -10,8 +8,8 @@ use switchboard_balancer::{Balancer, ConnectivityState};
 use switchboard_resolver::Update;
 use switchboard_testkit::TestServer;
 use switchboard_tests::balancing::{
-    balancer as start_balancer, call, call_with, client, instance, send, wait_ready, wait_snapshot,
-    wait_until, watch_events,
+    Load, balancer as start_balancer, call, call_with, client, instance, send, wait_ready,
+    wait_snapshot, wait_until, watch_events,
 };
 use switchboard_tests::init_tracing;
 use tonic::Code;
@@ -91,36 +89,15 @@ async fn an_address_change_under_the_same_key_moves_traffic_without_failures() -
     .await?;
     wait_ready(&balancer, 1).await?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let (balancer, stop, failures) = (balancer.clone(), stop.clone(), failures.clone());
-        load.push(tokio::spawn(async move {
-            let mut client = client(&balancer);
-            let mut calls = 0;
-            while !stop.load(Ordering::Relaxed) && calls < 20_000 {
-                if let Err(status) = call(&mut client, T).await {
-                    tracing::error!(%status, "call failed");
-                    failures.fetch_add(1, Ordering::Relaxed);
-                }
-                calls += 1;
-            }
-            calls
-        }));
-    }
+    let load = Load::start(&balancer, 4);
     wait_until("load reaches the old address", || old.served() > 20).await?;
     send(&publisher, Update::Add(instance("svc/1", new.addr()))).await?;
     wait_until("load reaches the new address", || new.served() > 20).await?;
     wait_until("the old connection closes", || old.connections() == 0).await?;
     let old_served = old.served();
     wait_until("more load on the new address", || new.served() > 200).await?;
-    stop.store(true, Ordering::Relaxed);
-    let mut calls = 0;
-    for task in load {
-        calls += task.await?;
-    }
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "of {calls} calls");
+    let (calls, failures) = load.finish().await?;
+    assert_eq!(failures, 0, "{failures} of {calls} calls failed");
     assert_eq!(
         old.served(),
         old_served,

@@ -1,6 +1,8 @@
 //! Helpers for the balancer tests: a balancer fed by hand, typed calls through it, and waits
 //! on its snapshot.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -8,9 +10,13 @@ use switchboard_balancer::{Balancer, Builder, ChannelSnapshot, ConnectivityState
 use switchboard_resolver::{Instance, Publisher, Resolution, Update};
 use switchboard_testkit::proto::user::user_client::UserClient;
 use switchboard_testkit::proto::user::{GetUserInfoRequest, WatchEventsRequest};
+use tokio::task::JoinHandle;
 use tonic::Status;
 
 use crate::PATIENCE;
+
+/// The deadline of each call of a [`Load`].
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A balancer whose instances are set by hand through the returned publisher.
 pub fn balancer(builder: Builder) -> Result<(Publisher, Balancer)> {
@@ -121,4 +127,51 @@ pub async fn wait_until(what: &str, check: impl Fn() -> bool) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
+}
+
+/// Callers that call in a loop until stopped (at most 20 000 calls each), counting failures.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    failures: Arc<AtomicUsize>,
+    tasks: Vec<JoinHandle<usize>>,
+}
+
+impl Load {
+    /// Starts `callers` callers on `balancer`.
+    pub fn start(balancer: &Balancer, callers: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(AtomicUsize::new(0));
+        let tasks = (0..callers)
+            .map(|_| {
+                let (balancer, stop, failures) = (balancer.clone(), stop.clone(), failures.clone());
+                tokio::spawn(async move {
+                    let mut client = client(&balancer);
+                    let mut calls = 0;
+                    while !stop.load(Ordering::Relaxed) && calls < 20_000 {
+                        if let Err(status) = call(&mut client, CALL_TIMEOUT).await {
+                            tracing::warn!(%status, "call failed");
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                        calls += 1;
+                    }
+                    calls
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            failures,
+            tasks,
+        }
+    }
+
+    /// Stops the callers; returns (calls, failures).
+    pub async fn finish(self) -> Result<(usize, usize)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut calls = 0;
+        for task in self.tasks {
+            calls += task.await?;
+        }
+        Ok((calls, self.failures.load(Ordering::Relaxed)))
+    }
 }

@@ -152,18 +152,7 @@ impl<C: Connector> Worker<C> {
         self.dirty = true;
         for change in self.set.apply(update) {
             match change {
-                Change::Added(instance) => {
-                    if let Some(sub) = self.spawn(&instance) {
-                        self.keys.insert(sub.id(), instance.key.clone());
-                        self.slots.insert(
-                            instance.key,
-                            Slot {
-                                current: sub,
-                                previous: None,
-                            },
-                        );
-                    }
-                }
+                Change::Added(instance) => self.apply_added(instance),
                 Change::Removed(instance) => {
                     info!(key = %instance.key, addr = %instance.addr, "removing instance");
                     if let Some(slot) = self.slots.remove(&instance.key) {
