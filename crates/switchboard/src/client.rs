@@ -1,0 +1,214 @@
+//! `Client`: a balanced channel built from a [`ClientConfig`], and `Channel`, the clonable
+//! handle typed tonic clients run over, which gives every RPC a deadline.
+
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderValue, Request};
+use switchboard_balancer::{Balancer, ConnectBackoff, ResponseFuture};
+use switchboard_resolver::{
+    EtcdConfig, EtcdResolver, EtcdTls, Resolution, Resolve, StaticResolver,
+};
+use tonic::Status;
+
+use crate::config::ClientConfig;
+use crate::error::Error;
+
+/// How long [`Client::connect`] waits for a READY instance unless `DialTimeout` says otherwise.
+pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A client of one service: the instances its config names, balanced.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run() -> Result<(), switchboard::Error> {
+/// let config = switchboard::ClientConfig::from_file("etc/user-client.yaml")?;
+/// let client = switchboard::Client::connect(config).await?;
+/// // let mut users = UserClient::new(client.channel());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Client {
+    channel: Channel,
+}
+
+impl Client {
+    /// Starts the client and waits, at most the dial timeout (3 s unless `DialTimeout` is
+    /// set), until an instance is READY. With `NonBlock`, returns at once.
+    pub async fn connect(config: ClientConfig) -> Result<Self, Error> {
+        let non_block = config.non_block;
+        let dial_timeout = config.dial_timeout.unwrap_or(DEFAULT_DIAL_TIMEOUT);
+        let client = Self::connect_lazy(config)?;
+        if !non_block {
+            client
+                .channel
+                .balancer
+                .ready(dial_timeout)
+                .await
+                .map_err(|status| {
+                    Error::unavailable(format!(
+                        "no READY instance of {} within {dial_timeout:?}",
+                        client.channel.balancer.snapshot().target
+                    ))
+                    .with_source(status)
+                })?;
+        }
+        Ok(client)
+    }
+
+    /// Starts the client and returns at once; RPCs wait for a READY instance (within their
+    /// deadline).
+    pub fn connect_lazy(config: ClientConfig) -> Result<Self, Error> {
+        let config = config.validated()?;
+        let resolution = resolve(&config)?;
+        let mut builder = Balancer::builder()
+            .target(config.service_name())
+            .policy(config.policy)
+            .wait_for_ready(config.wait_for_ready);
+        if let Some(k) = config.keepalive_time {
+            builder = builder.keepalive(Some(k));
+        }
+        if let Some(t) = config.keepalive_timeout {
+            builder = builder.keepalive_timeout(t);
+        }
+        if let Some(d) = config.drain_timeout {
+            builder = builder.drain_timeout(d);
+        }
+        if let Some(b) = &config.backoff {
+            let d = ConnectBackoff::default();
+            builder = builder.backoff(ConnectBackoff {
+                initial: b.initial.unwrap_or(d.initial),
+                multiplier: b.multiplier.unwrap_or(d.multiplier),
+                jitter: b.jitter.unwrap_or(d.jitter),
+                max: b.max.unwrap_or(d.max),
+                min_connect_timeout: b.min_connect_timeout.unwrap_or(d.min_connect_timeout),
+            });
+        }
+        let balancer = builder
+            .build(resolution)
+            .map_err(|e| Error::config("invalid client settings").with_source(e))?;
+        Ok(Self {
+            channel: Channel {
+                balancer,
+                timeout: config.timeout.filter(|t| !t.is_zero()),
+            },
+        })
+    }
+
+    /// The channel for typed clients: `UserClient::new(client.channel())`. Cheap to clone.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// The balancer under the channel: its state and channelz-like snapshot.
+    pub fn balancer(&self) -> &Balancer {
+        &self.channel.balancer
+    }
+}
+
+fn resolve(config: &ClientConfig) -> Result<Resolution, Error> {
+    if let Some(etcd) = &config.etcd {
+        let mut etcd_config =
+            EtcdConfig::new(&etcd.hosts).map_err(|e| Error::config("Etcd.Hosts").with_source(e))?;
+        if let (Some(user), Some(pass)) = (&etcd.user, &etcd.pass) {
+            etcd_config = etcd_config.user(user, pass);
+        }
+        if etcd.ca_cert_file.is_some() || etcd.cert_file.is_some() {
+            let tls = EtcdTls::from_files(
+                etcd.ca_cert_file.as_deref(),
+                etcd.cert_file.as_deref(),
+                etcd.cert_key_file.as_deref(),
+            )
+            .map_err(|e| Error::config("Etcd TLS files").with_source(e))?;
+            etcd_config = etcd_config.tls(tls);
+        }
+        return Ok(EtcdResolver::new(etcd_config, &etcd.key)
+            .format(etcd.format)
+            .resolve());
+    }
+    if let Some(target) = &config.target {
+        if let Some(rest) = target.strip_prefix("etcd://") {
+            let (hosts, key) = rest
+                .split_once('/')
+                .filter(|(h, k)| !h.is_empty() && !k.is_empty())
+                .ok_or_else(|| {
+                    Error::config(format!("Target: {target:?} is not etcd://hosts/key"))
+                })?;
+            let etcd_config = EtcdConfig::from_hosts(hosts)
+                .map_err(|e| Error::config("Target: etcd hosts").with_source(e))?;
+            return Ok(EtcdResolver::new(etcd_config, key).resolve());
+        }
+        return StaticResolver::from_target(target)
+            .map(|r| r.resolve())
+            .map_err(|e| Error::config("Target").with_source(e));
+    }
+    StaticResolver::from_addrs(&config.endpoints)
+        .map(|r| r.resolve())
+        .map_err(|e| Error::config("Endpoints").with_source(e))
+}
+
+/// What typed clients run over: the balanced channel plus the client's default deadline.
+///
+/// An RPC without its own deadline gets the default one (`Timeout`), sent to the server as
+/// `grpc-timeout`; the time spent waiting for a READY instance counts against it, and when it
+/// passes the RPC fails with DEADLINE_EXCEEDED.
+#[derive(Clone, Debug)]
+pub struct Channel {
+    balancer: Balancer,
+    timeout: Option<Duration>,
+}
+
+impl tower_service::Service<Request<tonic::body::Body>> for Channel {
+    type Response = <Balancer as tower_service::Service<Request<tonic::body::Body>>>::Response;
+    type Error = switchboard_balancer::BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.balancer.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<tonic::body::Body>) -> Self::Future {
+        let timeout = match grpc_timeout(&request) {
+            Some(t) => Some(t),
+            None => {
+                if let Some(t) = self.timeout {
+                    if let Ok(v) =
+                        HeaderValue::from_str(&format!("{}m", t.as_millis().min(99_999_999)))
+                    {
+                        request.headers_mut().insert("grpc-timeout", v);
+                    }
+                }
+                self.timeout
+            }
+        };
+        let call = self.balancer.call(request);
+        match timeout {
+            None => call,
+            Some(t) => Box::pin(async move {
+                match tokio::time::timeout(t, call).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "deadline of {t:?} exceeded before the response headers arrived"
+                    ))
+                    .into()),
+                }
+            }),
+        }
+    }
+}
+
+fn grpc_timeout<B>(request: &Request<B>) -> Option<Duration> {
+    let value = request.headers().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}

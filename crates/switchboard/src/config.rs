@@ -1,0 +1,333 @@
+//! `ClientConfig`: where a client finds its instances and how it talks to them, read from YAML,
+//! TOML or JSON with go-zero's field names (`Etcd: {Hosts, Key, User, Pass, CertFile,
+//! CertKeyFile, CACertFile}`, `Endpoints`, `Target`, `NonBlock`, `Timeout` in milliseconds,
+//! `KeepaliveTime`) plus switchboard's own. snake_case names are accepted too.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use switchboard_balancer::Policy;
+use switchboard_resolver::Format;
+
+use crate::duration;
+use crate::error::Error;
+
+/// A client's configuration.
+///
+/// # Examples
+///
+/// ```
+/// let config = switchboard::ClientConfig::from_yaml(
+///     "
+/// Etcd:
+///   Hosts: [127.0.0.1:2379]
+///   Key: user.rpc
+/// Timeout: 2000
+/// Policy: p2c
+/// ",
+/// )?;
+/// assert_eq!(config.timeout, Some(std::time::Duration::from_secs(2)));
+/// # Ok::<(), switchboard::Error>(())
+/// ```
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// Discover instances in etcd.
+    #[serde(alias = "etcd")]
+    pub etcd: Option<EtcdSection>,
+    /// Or a fixed list of `host:port`.
+    #[serde(default, alias = "endpoints")]
+    pub endpoints: Vec<String>,
+    /// Or a target: `direct:///host:port,host:port` or `etcd://host:port,host:port/key`.
+    #[serde(alias = "target")]
+    pub target: Option<String>,
+    /// Return from `Client::connect` at once instead of waiting for a READY instance.
+    #[serde(default, alias = "non_block")]
+    pub non_block: bool,
+    /// The default deadline of every RPC (milliseconds, or `"2s"`). `0` means none.
+    /// Defaults to 2 s, as go-zero.
+    #[serde(
+        default = "default_timeout",
+        alias = "timeout",
+        deserialize_with = "duration::optional"
+    )]
+    pub timeout: Option<Duration>,
+    /// HTTP/2 keepalive ping interval. Defaults to 20 s.
+    #[serde(
+        default,
+        alias = "keepalive_time",
+        deserialize_with = "duration::optional"
+    )]
+    pub keepalive_time: Option<Duration>,
+    /// How long a ping may go unanswered. Defaults to 20 s.
+    #[serde(
+        default,
+        alias = "keepalive_timeout",
+        deserialize_with = "duration::optional"
+    )]
+    pub keepalive_timeout: Option<Duration>,
+    /// The load-balancing policy: `round_robin` (default), `pick_first`, `p2c`,
+    /// `p2c_peak_ewma`, `weighted_round_robin`.
+    #[serde(default, alias = "policy", deserialize_with = "policy")]
+    pub policy: Policy,
+    /// How long `Client::connect` waits for a READY instance. Defaults to 3 s.
+    #[serde(
+        default,
+        alias = "dial_timeout",
+        deserialize_with = "duration::optional"
+    )]
+    pub dial_timeout: Option<Duration>,
+    /// How long a removed instance's RPCs may take before its connection closes. Defaults to
+    /// 30 s.
+    #[serde(
+        default,
+        alias = "drain_timeout",
+        deserialize_with = "duration::optional"
+    )]
+    pub drain_timeout: Option<Duration>,
+    /// Whether RPCs wait for a READY instance instead of failing while all have failed.
+    #[serde(default, alias = "wait_for_ready")]
+    pub wait_for_ready: bool,
+    /// Connection backoff; the gRPC spec's by default.
+    #[serde(default, alias = "backoff")]
+    pub backoff: Option<BackoffSection>,
+    /// go-zero's `App`, `Token` and `Middlewares`: accepted and not used.
+    #[serde(default, alias = "app")]
+    pub app: Option<IgnoredAny>,
+    /// See [`ClientConfig::app`].
+    #[serde(default, alias = "token")]
+    pub token: Option<IgnoredAny>,
+    /// See [`ClientConfig::app`].
+    #[serde(default, alias = "middlewares")]
+    pub middlewares: Option<IgnoredAny>,
+}
+
+/// go-zero's `Etcd` section.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct EtcdSection {
+    /// etcd members, `host:port`.
+    #[serde(alias = "hosts")]
+    pub hosts: Vec<String>,
+    /// The service's key prefix.
+    #[serde(alias = "key")]
+    pub key: String,
+    /// User name, for etcd with authentication.
+    #[serde(default, alias = "user")]
+    pub user: Option<String>,
+    /// Password of `user`.
+    #[serde(default, alias = "pass")]
+    pub pass: Option<String>,
+    /// Client certificate (PEM) for etcd with mTLS.
+    #[serde(default, alias = "cert_file")]
+    pub cert_file: Option<PathBuf>,
+    /// Its key.
+    #[serde(default, alias = "cert_key_file")]
+    pub cert_key_file: Option<PathBuf>,
+    /// CA certificate (PEM) of etcd.
+    #[serde(default, rename = "CACertFile", alias = "ca_cert_file")]
+    pub ca_cert_file: Option<PathBuf>,
+    /// go-zero's `InsecureSkipVerify`: refused, verification cannot be turned off.
+    #[serde(default, alias = "insecure_skip_verify")]
+    pub insecure_skip_verify: bool,
+    /// The registration format: `auto` (default), `plain`, `etcd-naming`, `kratos`, `go-micro`.
+    #[serde(default, alias = "format", deserialize_with = "format")]
+    pub format: Format,
+}
+
+/// Connection backoff settings.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BackoffSection {
+    /// First delay. Defaults to 1 s.
+    #[serde(default, alias = "initial", deserialize_with = "duration::optional")]
+    pub initial: Option<Duration>,
+    /// Growth per attempt. Defaults to 1.6.
+    #[serde(default, alias = "multiplier")]
+    pub multiplier: Option<f64>,
+    /// Spread, 0 to 1. Defaults to 0.2.
+    #[serde(default, alias = "jitter")]
+    pub jitter: Option<f64>,
+    /// Cap. Defaults to 120 s.
+    #[serde(default, alias = "max", deserialize_with = "duration::optional")]
+    pub max: Option<Duration>,
+    /// Least time per attempt. Defaults to 20 s.
+    #[serde(
+        default,
+        alias = "min_connect_timeout",
+        deserialize_with = "duration::optional"
+    )]
+    pub min_connect_timeout: Option<Duration>,
+}
+
+fn default_timeout() -> Option<Duration> {
+    Some(Duration::from_secs(2))
+}
+
+fn policy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Policy, D::Error> {
+    let name = String::deserialize(d)?;
+    name.parse().map_err(serde::de::Error::custom)
+}
+
+fn format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Format, D::Error> {
+    let name = String::deserialize(d)?;
+    name.parse().map_err(serde::de::Error::custom)
+}
+
+impl ClientConfig {
+    /// Reads a YAML config and checks it.
+    pub fn from_yaml(text: &str) -> Result<Self, Error> {
+        let config: Self = serde_norway::from_str(text)
+            .map_err(|e| Error::config(format!("invalid YAML config: {e}")))?;
+        config.validated()
+    }
+
+    /// Reads a TOML config and checks it.
+    pub fn from_toml(text: &str) -> Result<Self, Error> {
+        let config: Self =
+            toml::from_str(text).map_err(|e| Error::config(format!("invalid TOML config: {e}")))?;
+        config.validated()
+    }
+
+    /// Reads a JSON config and checks it.
+    pub fn from_json(text: &str) -> Result<Self, Error> {
+        let config: Self = serde_json::from_str(text)
+            .map_err(|e| Error::config(format!("invalid JSON config: {e}")))?;
+        config.validated()
+    }
+
+    /// Reads a config file: YAML (`.yaml`, `.yml`), TOML (`.toml`) or JSON (`.json`).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let parsed = match ext {
+            "yaml" | "yml" => Self::from_yaml(&text),
+            "toml" => Self::from_toml(&text),
+            "json" => Self::from_json(&text),
+            _ => {
+                return Err(Error::config(format!(
+                    "{}: unknown config format (use .yaml, .yml, .toml or .json)",
+                    path.display()
+                )));
+            }
+        };
+        parsed.map_err(|e| Error::config(format!("{}: {e}", path.display())))
+    }
+
+    /// A config over a fixed list of `host:port`.
+    pub fn endpoints<I, S>(endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            timeout: default_timeout(),
+            ..Self::default()
+        }
+    }
+
+    /// A config that discovers the instances under `key` in etcd at `hosts`.
+    pub fn etcd<I, S>(hosts: I, key: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            etcd: Some(EtcdSection {
+                hosts: hosts.into_iter().map(Into::into).collect(),
+                key: key.into(),
+                ..EtcdSection::default()
+            }),
+            timeout: default_timeout(),
+            ..Self::default()
+        }
+    }
+
+    /// Checks what serde cannot: one source of instances, non-empty lists, sane numbers. The
+    /// error names the field and the problem.
+    pub fn validated(self) -> Result<Self, Error> {
+        let sources = usize::from(self.etcd.is_some())
+            + usize::from(!self.endpoints.is_empty())
+            + usize::from(self.target.is_some());
+        if sources != 1 {
+            return Err(Error::config(
+                "exactly one of Etcd, Endpoints and Target must be set",
+            ));
+        }
+        if let Some(etcd) = &self.etcd {
+            if etcd.hosts.is_empty() {
+                return Err(Error::config("Etcd.Hosts: lists no etcd member"));
+            }
+            if etcd.key.trim().is_empty() {
+                return Err(Error::config("Etcd.Key: is empty"));
+            }
+            if etcd.user.is_some() != etcd.pass.is_some() {
+                return Err(Error::config(
+                    "Etcd.User and Etcd.Pass: set both or neither",
+                ));
+            }
+            if etcd.cert_file.is_some() != etcd.cert_key_file.is_some() {
+                return Err(Error::config(
+                    "Etcd.CertFile and Etcd.CertKeyFile: set both or neither",
+                ));
+            }
+            if etcd.insecure_skip_verify {
+                return Err(Error::config(
+                    "Etcd.InsecureSkipVerify: not supported; set Etcd.CACertFile to the CA of etcd's certificates",
+                ));
+            }
+        }
+        if let Some(target) = &self.target {
+            if !(target.starts_with("direct:///") || target.starts_with("etcd://")) {
+                return Err(Error::config(format!(
+                    "Target: {target:?} is neither direct:///host:port,… nor etcd://hosts/key"
+                )));
+            }
+        }
+        for (field, value) in [
+            ("KeepaliveTime", self.keepalive_time),
+            ("KeepaliveTimeout", self.keepalive_timeout),
+            ("DialTimeout", self.dial_timeout),
+        ] {
+            if value.is_some_and(|d| d.is_zero()) {
+                return Err(Error::config(format!("{field}: must be positive")));
+            }
+        }
+        if let Some(b) = &self.backoff {
+            if b.multiplier.is_some_and(|m| !(1.0..=10.0).contains(&m)) {
+                return Err(Error::config(
+                    "Backoff.Multiplier: must be between 1 and 10",
+                ));
+            }
+            if b.jitter.is_some_and(|j| !(0.0..=1.0).contains(&j)) {
+                return Err(Error::config("Backoff.Jitter: must be between 0 and 1"));
+            }
+            if b.initial.is_some_and(|d| d.is_zero()) {
+                return Err(Error::config("Backoff.Initial: must be positive"));
+            }
+        }
+        Ok(self)
+    }
+
+    /// The service's name, for logs and errors: the etcd key, or the endpoints.
+    pub fn service_name(&self) -> String {
+        if let Some(etcd) = &self.etcd {
+            return etcd.key.clone();
+        }
+        if let Some(target) = &self.target {
+            return target.clone();
+        }
+        self.endpoints.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests;

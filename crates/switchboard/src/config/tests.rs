@@ -1,0 +1,129 @@
+use std::time::Duration;
+
+use super::*;
+
+#[test]
+fn a_go_zero_client_config_reads_as_is() {
+    let config = ClientConfig::from_yaml(
+        "
+Etcd:
+  Hosts:
+    - 127.0.0.1:2379
+    - 127.0.0.1:22379
+  Key: user.rpc
+  User: root
+  Pass: secret
+App: gateway
+Token: abc
+NonBlock: true
+Timeout: 3000
+KeepaliveTime: 20s
+Middlewares:
+  Trace: true
+",
+    )
+    .expect("valid");
+    let etcd = config.etcd.clone().expect("etcd");
+    assert_eq!(etcd.hosts, ["127.0.0.1:2379", "127.0.0.1:22379"]);
+    assert_eq!(etcd.key, "user.rpc");
+    assert_eq!(etcd.user.as_deref(), Some("root"));
+    assert!(config.non_block);
+    assert_eq!(config.timeout, Some(Duration::from_secs(3)));
+    assert_eq!(config.keepalive_time, Some(Duration::from_secs(20)));
+    assert_eq!(config.policy, Policy::RoundRobin);
+    assert_eq!(config.service_name(), "user.rpc");
+}
+
+#[test]
+fn toml_and_snake_case_json_read_the_same() {
+    let toml = ClientConfig::from_toml(
+        r#"
+Endpoints = ["127.0.0.1:8080", "127.0.0.1:8081"]
+Timeout = "500ms"
+Policy = "p2c"
+[Backoff]
+Initial = "100ms"
+Max = "10s"
+"#,
+    )
+    .expect("valid");
+    let json = ClientConfig::from_json(
+        r#"{"endpoints": ["127.0.0.1:8080", "127.0.0.1:8081"], "timeout": 500, "policy": "p2c",
+            "backoff": {"initial": 100, "max": "10s"}}"#,
+    )
+    .expect("valid");
+    for config in [toml, json] {
+        assert_eq!(config.endpoints.len(), 2);
+        assert_eq!(config.timeout, Some(Duration::from_millis(500)));
+        assert_eq!(config.policy, Policy::P2c);
+        let backoff = config.backoff.expect("backoff");
+        assert_eq!(backoff.initial, Some(Duration::from_millis(100)));
+        assert_eq!(backoff.max, Some(Duration::from_secs(10)));
+    }
+}
+
+#[test]
+fn the_default_timeout_is_go_zero_s_and_zero_turns_it_off() {
+    let config = ClientConfig::from_yaml("Target: direct:///127.0.0.1:1").expect("valid");
+    assert_eq!(config.timeout, Some(Duration::from_secs(2)));
+    let config =
+        ClientConfig::from_yaml("Target: direct:///127.0.0.1:1\nTimeout: 0").expect("valid");
+    assert_eq!(config.timeout, Some(Duration::ZERO));
+}
+
+fn error(yaml: &str) -> String {
+    let e = ClientConfig::from_yaml(yaml).expect_err("invalid");
+    assert!(e.is_config());
+    e.to_string()
+}
+
+#[test]
+fn invalid_configs_name_the_field_and_the_problem() {
+    assert!(error("Endpoints: [a:1]\nTimeot: 5").contains("unknown field `Timeot`"));
+    assert!(error("Endpoints: [a:1]\nPolicy: fastest").contains("round_robin"));
+    assert!(error("Endpoints: [a:1]\nTimeout: 5 parsecs").contains("5 parsecs"));
+    assert!(error("Timeout: 5").contains("exactly one of Etcd, Endpoints and Target"));
+    assert!(
+        error("Endpoints: [a:1]\nTarget: direct:///b:2")
+            .contains("exactly one of Etcd, Endpoints and Target")
+    );
+    assert!(error("Etcd: {Hosts: [], Key: k}").contains("Etcd.Hosts"));
+    assert!(error("Etcd: {Hosts: [h:1], Key: ' '}").contains("Etcd.Key"));
+    assert!(error("Etcd: {Hosts: [h:1], Key: k, User: u}").contains("Etcd.User and Etcd.Pass"));
+    assert!(error("Etcd: {Hosts: [h:1], Key: k, CertFile: c.pem}").contains("Etcd.CertFile"));
+    assert!(
+        error("Etcd: {Hosts: [h:1], Key: k, InsecureSkipVerify: true}")
+            .contains("InsecureSkipVerify")
+    );
+    assert!(error("Etcd: {Hosts: [h:1], Key: k, Format: xml}").contains("xml"));
+    assert!(error("Target: dns:///svc:80").contains("Target"));
+    assert!(
+        error("Endpoints: [a:1]\nKeepaliveTime: 0s").contains("KeepaliveTime: must be positive")
+    );
+    assert!(error("Endpoints: [a:1]\nBackoff: {Jitter: 2}").contains("Backoff.Jitter"));
+    assert!(error("Endpoints: [a:1]\nBackoff: {Multiplier: 0.5}").contains("Backoff.Multiplier"));
+    assert!(error(": : :").contains("invalid YAML"));
+}
+
+#[test]
+fn files_are_read_by_extension() {
+    let dir = std::env::temp_dir().join(format!("switchboard-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let yaml = dir.join("c.yaml");
+    std::fs::write(&yaml, "Endpoints: [127.0.0.1:1]").expect("write");
+    assert_eq!(
+        ClientConfig::from_file(&yaml).expect("valid").endpoints,
+        ["127.0.0.1:1"]
+    );
+    let ini = dir.join("c.ini");
+    std::fs::write(&ini, "x").expect("write");
+    assert!(
+        ClientConfig::from_file(&ini)
+            .expect_err("ini")
+            .to_string()
+            .contains("unknown config format")
+    );
+    let missing = ClientConfig::from_file(dir.join("missing.yaml")).expect_err("missing");
+    assert!(missing.to_string().contains("cannot read"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,95 @@
+//! `Client` from a config against a real etcd and real servers on 127.0.0.1.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use switchboard::{Client, ClientConfig};
+use switchboard_testkit::proto::user::GetUserInfoRequest;
+use switchboard_testkit::proto::user::user_client::UserClient;
+use switchboard_testkit::{Etcd, TestServer};
+use tonic::Code;
+
+#[tokio::test]
+async fn a_client_from_an_etcd_config_serves_every_instance_with_a_default_deadline() -> Result<()>
+{
+    let etcd = Etcd::start().await?;
+    let mut kv = etcd.client().await?;
+    let servers = [
+        TestServer::start("u1").await?,
+        TestServer::start("u2").await?,
+        TestServer::start("u3").await?,
+    ];
+    for (i, s) in servers.iter().enumerate() {
+        kv.put(format!("user.rpc/{i}"), s.addr().to_string(), None)
+            .await?;
+    }
+    let yaml = format!(
+        "Etcd:\n  Hosts: [{}]\n  Key: user.rpc\nTimeout: 300\n",
+        etcd.endpoint(0).trim_start_matches("http://")
+    );
+    let client = Client::connect(ClientConfig::from_yaml(&yaml)?).await?;
+    let mut users = UserClient::new(client.channel());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = BTreeSet::new();
+    while seen.len() < 3 && Instant::now() < deadline {
+        seen.insert(
+            users
+                .get_user_info(GetUserInfoRequest { id: 1 })
+                .await?
+                .into_inner()
+                .instance,
+        );
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["u1".into(), "u2".into(), "u3".into()])
+    );
+
+    // The default deadline (300 ms) applies to a call that sets none.
+    for s in &servers {
+        s.set_delay(Duration::from_secs(2));
+    }
+    let started = Instant::now();
+    let status = users
+        .get_user_info(GetUserInfoRequest { id: 1 })
+        .await
+        .expect_err("slower than the deadline");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // A call's own deadline wins.
+    let mut request = tonic::Request::new(GetUserInfoRequest { id: 1 });
+    request.set_timeout(Duration::from_secs(10));
+    assert!(users.get_user_info(request).await.is_ok());
+    Ok(())
+}
+
+#[tokio::test]
+async fn connect_waits_for_a_ready_instance_within_the_dial_timeout_unless_non_block() -> Result<()>
+{
+    let yaml = "Endpoints: [127.0.0.1:1]\nDialTimeout: 300ms\nBackoff: {Initial: 50ms}\n";
+    let started = Instant::now();
+    let error = Client::connect(ClientConfig::from_yaml(yaml)?)
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(error.is_unavailable(), "{error}");
+    assert!(error.to_string().contains("no READY instance"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let lazy =
+        Client::connect(ClientConfig::from_yaml(&format!("{yaml}NonBlock: true\n"))?).await?;
+    let mut users = UserClient::new(lazy.channel());
+    let status = users
+        .get_user_info(GetUserInfoRequest { id: 1 })
+        .await
+        .expect_err("no instance");
+    assert!(
+        matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded),
+        "{status:?}"
+    );
+    Ok(())
+}
