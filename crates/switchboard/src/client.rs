@@ -1,6 +1,7 @@
 //! `Client`: a balanced channel built from a [`ClientConfig`], and `Channel`, the clonable
 //! handle typed tonic clients run over, which gives every RPC a deadline.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tonic::Status;
 
 use crate::config::ClientConfig;
 use crate::error::Error;
+use crate::retry::{self, RetryPolicy};
 
 /// How long [`Client::connect`] waits for a READY instance unless `DialTimeout` says otherwise.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -61,6 +63,7 @@ impl Client {
     /// deadline).
     pub fn connect_lazy(config: ClientConfig) -> Result<Self, Error> {
         let config = config.validated()?;
+        let retry = RetryPolicy::from_config(config.retry.as_ref())?.map(Arc::new);
         let resolution = resolve(&config)?;
         let mut builder = Balancer::builder()
             .target(config.service_name())
@@ -92,6 +95,7 @@ impl Client {
             channel: Channel {
                 balancer,
                 timeout: config.timeout.filter(|t| !t.is_zero()),
+                retry,
             },
         })
     }
@@ -153,10 +157,16 @@ fn resolve(config: &ClientConfig) -> Result<Resolution, Error> {
 /// An RPC without its own deadline gets the default one (`Timeout`), sent to the server as
 /// `grpc-timeout`; the time spent waiting for a READY instance counts against it, and when it
 /// passes the RPC fails with DEADLINE_EXCEEDED.
+///
+/// An RPC that fails with a retryable status before the server committed a response is retried
+/// on a new pick, within the same deadline, as the client's `Retry` policy says (gRFC A6; see
+/// [`crate::config::RetrySection`]).
 #[derive(Clone, Debug)]
 pub struct Channel {
     balancer: Balancer,
     timeout: Option<Duration>,
+    /// `None` when retries are off; shared by clones, with its throttling bucket.
+    retry: Option<Arc<RetryPolicy>>,
 }
 
 impl tower_service::Service<Request<tonic::body::Body>> for Channel {
@@ -182,7 +192,15 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
                 self.timeout
             }
         };
-        let call = self.balancer.call(request);
+        let call = match &self.retry {
+            None => self.balancer.call(request),
+            Some(policy) => {
+                let policy = policy.clone();
+                let balancer = self.balancer.clone();
+                let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
+                Box::pin(async move { retry::call(&policy, balancer, request, deadline).await })
+            }
+        };
         match timeout {
             None => call,
             Some(t) => Box::pin(async move {

@@ -94,6 +94,10 @@ pub struct ClientConfig {
     /// Connection backoff; the gRPC spec's by default.
     #[serde(default, alias = "backoff")]
     pub backoff: Option<BackoffSection>,
+    /// Retries of RPCs that failed with a retryable status (gRFC A6). On by default: up to 3
+    /// attempts of an RPC that failed with UNAVAILABLE; `Retry: {MaxAttempts: 1}` turns it off.
+    #[serde(default, alias = "retry")]
+    pub retry: Option<RetrySection>,
     /// go-zero's `App`, `Token` and `Middlewares`: accepted and not used.
     #[serde(default, alias = "app")]
     pub app: Option<IgnoredAny>,
@@ -163,6 +167,95 @@ pub struct BackoffSection {
         deserialize_with = "duration::optional"
     )]
     pub min_connect_timeout: Option<Duration>,
+}
+
+/// Retry policy (gRFC A6). Every field is optional; see [`ClientConfig::retry`].
+///
+/// ```
+/// let config = switchboard::ClientConfig::from_yaml(
+///     "
+/// Endpoints: [127.0.0.1:8080]
+/// Retry:
+///   MaxAttempts: 4
+///   InitialBackoff: 50ms
+///   RetryableStatusCodes: [UNAVAILABLE, RESOURCE_EXHAUSTED]
+///   Throttling: {MaxTokens: 10, TokenRatio: 0.1}
+/// ",
+/// )?;
+/// assert_eq!(config.retry.and_then(|r| r.max_attempts), Some(4));
+/// # Ok::<(), switchboard::Error>(())
+/// ```
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RetrySection {
+    /// Attempts per RPC, the first one included: `1` turns retries off, more than 5 counts
+    /// as 5 (as gRFC A6 says). Defaults to 3.
+    #[serde(default, alias = "max_attempts")]
+    pub max_attempts: Option<u32>,
+    /// Bound of the random delay before the first retry. Defaults to 100 ms.
+    #[serde(
+        default,
+        alias = "initial_backoff",
+        deserialize_with = "duration::optional"
+    )]
+    pub initial_backoff: Option<Duration>,
+    /// Cap of that bound as it grows. Defaults to 1 s.
+    #[serde(
+        default,
+        alias = "max_backoff",
+        deserialize_with = "duration::optional"
+    )]
+    pub max_backoff: Option<Duration>,
+    /// Growth of the bound per retry. Defaults to 2.
+    #[serde(default, alias = "backoff_multiplier")]
+    pub backoff_multiplier: Option<f64>,
+    /// The status codes worth retrying, by name (`UNAVAILABLE`) or number (`14`). Defaults to
+    /// `[UNAVAILABLE]`.
+    #[serde(
+        default,
+        alias = "retryable_status_codes",
+        deserialize_with = "status_codes"
+    )]
+    pub retryable_status_codes: Option<Vec<String>>,
+    /// Retry throttling: none by default.
+    #[serde(default, alias = "throttling")]
+    pub throttling: Option<ThrottlingSection>,
+}
+
+/// Retry throttling (gRFC A6): a token bucket per client; failures take a token, successes
+/// give back `TokenRatio`, and RPCs are retried only while more than half the tokens remain.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ThrottlingSection {
+    /// Size of the bucket, which starts full: more than 0, at most 1000.
+    #[serde(alias = "max_tokens")]
+    pub max_tokens: f64,
+    /// Tokens a success gives back: more than 0.
+    #[serde(alias = "token_ratio")]
+    pub token_ratio: f64,
+}
+
+/// A list of status codes, each a name or a number; kept as text and checked by `validated`,
+/// whose error names the field.
+fn status_codes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Code {
+        Number(i64),
+        Name(String),
+    }
+    let codes = Vec::<Code>::deserialize(d)?;
+    Ok(Some(
+        codes
+            .into_iter()
+            .map(|c| match c {
+                Code::Number(n) => n.to_string(),
+                Code::Name(name) => name,
+            })
+            .collect(),
+    ))
 }
 
 fn default_timeout() -> Option<Duration> {
@@ -314,6 +407,7 @@ impl ClientConfig {
                 return Err(Error::config("Backoff.Initial: must be positive"));
             }
         }
+        crate::retry::RetryPolicy::from_config(self.retry.as_ref())?;
         Ok(self)
     }
 

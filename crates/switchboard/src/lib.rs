@@ -27,9 +27,12 @@ mod client;
 pub mod config;
 mod duration;
 mod error;
+mod retry;
+mod server;
 
 pub use client::{Channel, Client, DEFAULT_DIAL_TIMEOUT};
 pub use config::ClientConfig;
 pub use error::Error;
+pub use server::{Server, Serving};
 pub use switchboard_balancer as balancer;
 pub use switchboard_resolver as resolver;

@@ -1,0 +1,351 @@
+//! Retries (gRFC A6) against real tonic servers on 127.0.0.1 whose `GetUserInfo` fails on
+//! purpose.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use switchboard::{Client, ClientConfig};
+use switchboard_testkit::proto::user::user_client::UserClient;
+use switchboard_testkit::proto::user::user_server::{User, UserServer};
+use switchboard_testkit::proto::user::{
+    Event, GetUserInfoRequest, LoginReply, LoginRequest, RegisterReply, RegisterRequest, UserInfo,
+    WatchEventsRequest,
+};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request, Response, Status};
+
+/// What the servers of one test saw, all of them together.
+#[derive(Debug, Default)]
+struct Seen {
+    calls: AtomicU64,
+    /// Per attempt: `grpc-previous-rpc-attempts` and `grpc-timeout`.
+    headers: Mutex<Vec<(Option<String>, Option<String>)>>,
+}
+
+impl Seen {
+    fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn previous_attempts(&self) -> Vec<Option<String>> {
+        let headers = self.headers.lock().expect("not poisoned");
+        headers
+            .iter()
+            .map(|(previous, _)| previous.clone())
+            .collect()
+    }
+
+    fn timeouts(&self) -> Vec<Option<String>> {
+        let headers = self.headers.lock().expect("not poisoned");
+        headers.iter().map(|(_, timeout)| timeout.clone()).collect()
+    }
+}
+
+/// A `User` service whose `GetUserInfo` fails the first `fail_first` calls (counted over all
+/// the servers sharing `seen`) with `code`, and `grpc-retry-pushback-ms: pushback` if set.
+#[derive(Debug, Clone)]
+struct Flaky {
+    name: &'static str,
+    seen: Arc<Seen>,
+    fail_first: u64,
+    code: Code,
+    pushback: Option<&'static str>,
+    delay: Duration,
+}
+
+impl Flaky {
+    fn new(seen: &Arc<Seen>, fail_first: u64, code: Code) -> Self {
+        Self {
+            name: "flaky",
+            seen: seen.clone(),
+            fail_first,
+            code,
+            pushback: None,
+            delay: Duration::ZERO,
+        }
+    }
+
+    async fn serve(self) -> Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(UserServer::new(self))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        Ok(addr)
+    }
+}
+
+type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl User for Flaky {
+    async fn register(
+        &self,
+        _: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterReply>, Status> {
+        Err(Status::unimplemented("register"))
+    }
+
+    async fn login(&self, _: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
+        Err(Status::unimplemented("login"))
+    }
+
+    async fn get_user_info(
+        &self,
+        request: Request<GetUserInfoRequest>,
+    ) -> Result<Response<UserInfo>, Status> {
+        let n = self.seen.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let header = |name: &str| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        self.seen
+            .headers
+            .lock()
+            .expect("not poisoned")
+            .push((header("grpc-previous-rpc-attempts"), header("grpc-timeout")));
+        tokio::time::sleep(self.delay).await;
+        if n <= self.fail_first {
+            let mut status = Status::new(self.code, format!("{}: failing call {n}", self.name));
+            if let Some(pushback) = self.pushback {
+                status.metadata_mut().insert(
+                    "grpc-retry-pushback-ms",
+                    MetadataValue::from_static(pushback),
+                );
+            }
+            return Err(status);
+        }
+        Ok(Response::new(UserInfo {
+            id: request.into_inner().id,
+            username: "ok".into(),
+            instance: self.name.into(),
+        }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        _: Request<WatchEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        Err(Status::unimplemented("watch_events"))
+    }
+}
+
+async fn client(addrs: &[SocketAddr], settings: &str) -> Result<UserClient<switchboard::Channel>> {
+    let endpoints: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    let yaml = format!("Endpoints: [{}]\n{settings}", endpoints.join(", "));
+    let client = Client::connect(ClientConfig::from_yaml(&yaml)?).await?;
+    Ok(UserClient::new(client.channel()))
+}
+
+async fn get(users: &mut UserClient<switchboard::Channel>) -> Result<UserInfo, Status> {
+    users
+        .get_user_info(GetUserInfoRequest { id: 7 })
+        .await
+        .map(Response::into_inner)
+}
+
+#[tokio::test]
+async fn unavailable_twice_then_served_on_the_third_attempt_on_any_instance() -> Result<()> {
+    let seen = Arc::new(Seen::default());
+    let a = Flaky {
+        name: "a",
+        ..Flaky::new(&seen, 2, Code::Unavailable)
+    };
+    let b = Flaky {
+        name: "b",
+        ..Flaky::new(&seen, 2, Code::Unavailable)
+    };
+    let addrs = [a.serve().await?, b.serve().await?];
+    let mut users = client(
+        &addrs,
+        "Retry: {MaxAttempts: 3, InitialBackoff: 10ms}\nTimeout: 5s\n",
+    )
+    .await?;
+
+    let reply = get(&mut users).await?;
+    assert_eq!(reply.id, 7);
+    assert_eq!(seen.calls(), 3);
+    assert_eq!(
+        seen.previous_attempts(),
+        [None, Some("1".into()), Some("2".into())]
+    );
+    // Each retry sends the time left of the same deadline.
+    let timeouts: Vec<u64> = seen
+        .timeouts()
+        .iter()
+        .map(|t| {
+            t.as_deref()
+                .and_then(|t| t.strip_suffix('m'))
+                .and_then(|t| t.parse().ok())
+                .expect("a grpc-timeout in ms")
+        })
+        .collect();
+    assert_eq!(timeouts[0], 5000);
+    assert!(
+        timeouts[1] < 5000 && timeouts[2] <= timeouts[1],
+        "{timeouts:?}"
+    );
+
+    // Retries are on by default, for UNAVAILABLE.
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky::new(&seen, 1, Code::Unavailable).serve().await?;
+    let mut users = client(&[addr], "").await?;
+    get(&mut users).await?;
+    assert_eq!(seen.calls(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_non_retryable_code_or_max_attempts_1_is_not_retried() -> Result<()> {
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky::new(&seen, 10, Code::InvalidArgument).serve().await?;
+    let mut users = client(&[addr], "Retry: {MaxAttempts: 5, InitialBackoff: 1ms}\n").await?;
+    let status = get(&mut users).await.expect_err("invalid argument");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(seen.calls(), 1);
+
+    // The same code is retried once it is listed.
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky::new(&seen, 1, Code::InvalidArgument).serve().await?;
+    let mut users = client(
+        &[addr],
+        "Retry: {InitialBackoff: 1ms, RetryableStatusCodes: [INVALID_ARGUMENT]}\n",
+    )
+    .await?;
+    get(&mut users).await?;
+    assert_eq!(seen.calls(), 2);
+
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky::new(&seen, 1, Code::Unavailable).serve().await?;
+    let mut users = client(&[addr], "Retry: {MaxAttempts: 1}\n").await?;
+    let status = get(&mut users).await.expect_err("retries are off");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("failing call 1"), "{status:?}");
+    assert_eq!(seen.calls(), 1);
+    assert_eq!(seen.previous_attempts(), [None]);
+
+    // Attempts run out: the caller gets the last attempt's status.
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky::new(&seen, 10, Code::Unavailable).serve().await?;
+    let mut users = client(&[addr], "Retry: {MaxAttempts: 4, InitialBackoff: 1ms}\n").await?;
+    let status = get(&mut users).await.expect_err("fails 10 times");
+    assert!(status.message().contains("failing call 4"), "{status:?}");
+    assert_eq!(seen.calls(), 4);
+    Ok(())
+}
+
+#[tokio::test]
+async fn server_pushback_sets_the_delay_and_a_negative_one_stops_retries() -> Result<()> {
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky {
+        pushback: Some("400"),
+        ..Flaky::new(&seen, 1, Code::Unavailable)
+    }
+    .serve()
+    .await?;
+    let mut users = client(&[addr], "Retry: {InitialBackoff: 1ms}\nTimeout: 5s\n").await?;
+    let started = Instant::now();
+    get(&mut users).await?;
+    let elapsed = started.elapsed();
+    assert_eq!(seen.calls(), 2);
+    assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky {
+        pushback: Some("-1"),
+        ..Flaky::new(&seen, 1, Code::Unavailable)
+    }
+    .serve()
+    .await?;
+    let mut users = client(&[addr], "Retry: {InitialBackoff: 1ms}\n").await?;
+    let status = get(&mut users).await.expect_err("the server said stop");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(seen.calls(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn throttling_stops_retrying_after_enough_failures() -> Result<()> {
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky::new(&seen, u64::MAX, Code::Unavailable)
+        .serve()
+        .await?;
+    let mut users = client(
+        &[addr],
+        "Retry: {MaxAttempts: 5, InitialBackoff: 1ms, Throttling: {MaxTokens: 4, TokenRatio: 0.1}}\n",
+    )
+    .await?;
+    // 4 tokens: a failure leaves 3, retried; the retry's failure leaves 2, no more than half.
+    get(&mut users).await.expect_err("always unavailable");
+    assert_eq!(seen.calls(), 2);
+    // The bucket is the client's: the next RPC is not retried at all.
+    get(&mut users).await.expect_err("always unavailable");
+    assert_eq!(seen.calls(), 3);
+
+    // Without throttling, the same server sees every attempt.
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky::new(&seen, u64::MAX, Code::Unavailable)
+        .serve()
+        .await?;
+    let mut users = client(&[addr], "Retry: {MaxAttempts: 5, InitialBackoff: 1ms}\n").await?;
+    get(&mut users).await.expect_err("always unavailable");
+    get(&mut users).await.expect_err("always unavailable");
+    assert_eq!(seen.calls(), 10);
+    Ok(())
+}
+
+#[tokio::test]
+async fn retries_never_outlive_the_deadline() -> Result<()> {
+    // Slow failures: the deadline passes during an attempt.
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky {
+        delay: Duration::from_millis(100),
+        ..Flaky::new(&seen, u64::MAX, Code::Unavailable)
+    }
+    .serve()
+    .await?;
+    let mut users = client(
+        &[addr],
+        "Retry: {MaxAttempts: 5, InitialBackoff: 1ms}\nTimeout: 250ms\n",
+    )
+    .await?;
+    let started = Instant::now();
+    let status = get(&mut users).await.expect_err("always unavailable");
+    let elapsed = started.elapsed();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+    assert!((2..=3).contains(&seen.calls()), "{}", seen.calls());
+
+    // A pushback past the deadline is not waited out: the RPC fails at once with its status.
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky {
+        pushback: Some("10000"),
+        ..Flaky::new(&seen, u64::MAX, Code::Unavailable)
+    }
+    .serve()
+    .await?;
+    let mut users = client(&[addr], "Timeout: 2s\n").await?;
+    let started = Instant::now();
+    let status = get(&mut users).await.expect_err("always unavailable");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(seen.calls(), 1);
+    Ok(())
+}
