@@ -1,0 +1,129 @@
+//! The example programs, run as a user would run them, against test servers on 127.0.0.1.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use switchboard_testkit::{TestServer, free_port};
+use tokio::process::Command;
+
+#[tokio::test]
+async fn loadgen_reports_rate_latency_errors_and_cpu() -> Result<()> {
+    let a = TestServer::start("a").await?;
+    let b = TestServer::start("b").await?;
+    let endpoints = format!("{},{}", a.addr(), b.addr());
+    let run = |method: &'static str| {
+        Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args([
+                "--endpoints",
+                &endpoints,
+                "--concurrency",
+                "4",
+                "--duration",
+                "1s",
+            ])
+            .args(["--method", method])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+    };
+    let out =
+        tokio::time::timeout(Duration::from_secs(60), run("/user.User/GetUserInfo")).await??;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout)?;
+    let last = stdout.lines().last().unwrap_or_default();
+    let fields: Vec<&str> = last
+        .split(' ')
+        .map(|f| f.split('=').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        fields,
+        ["rps", "p50_us", "p99_us", "errors", "cpu_us_per_rpc"],
+        "{stdout}"
+    );
+    assert!(last.contains(" errors=0 "), "{stdout}");
+    assert!(a.served() > 0 && b.served() > 0, "both instances served");
+
+    let out = tokio::time::timeout(Duration::from_secs(60), run("/user.User/Nope")).await??;
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(
+        stdout
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .starts_with("error Unimplemented: "),
+        "{stdout}"
+    );
+    Ok(())
+}
+
+async fn get(addr: &str, path: &str) -> Result<(u16, serde_json::Value)> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let request = hyper::Request::get(path)
+        .header("host", "gateway")
+        .body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, serde_json::from_slice(&body)?))
+}
+
+#[tokio::test]
+async fn the_gateway_turns_http_into_balanced_grpc_calls() -> Result<()> {
+    let a = TestServer::start("a").await?;
+    let b = TestServer::start("b").await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("user-rpc.yaml");
+    std::fs::write(
+        &config,
+        format!("Endpoints: [{}, {}]\nTimeout: 2000\n", a.addr(), b.addr()),
+    )?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let _gateway = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--listen", &addr, "--user-rpc"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match get(&addr, "/healthz").await {
+            Ok((200, _)) => break,
+            _ if Instant::now() > deadline => bail!("the gateway is not healthy after 30 s"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let mut instances = std::collections::BTreeSet::new();
+    for id in 1..=10 {
+        let (status, body) = get(&addr, &format!("/api/user/{id}")).await?;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["id"], id);
+        instances.insert(body["instance"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(instances.len(), 2, "{instances:?}");
+    let (status, debug) = get(&addr, "/debug/switchboard").await?;
+    assert_eq!(status, 200);
+    assert_eq!(debug["state"], "READY");
+    assert_eq!(
+        debug["subchannels"].as_array().map(Vec::len),
+        Some(2),
+        "{debug}"
+    );
+
+    // An instance that stops: the gateway goes on answering from the other.
+    a.abort();
+    for id in 1..=10 {
+        let (status, body) = get(&addr, &format!("/api/user/{id}")).await?;
+        assert_eq!(status, 200, "{body}");
+    }
+    Ok(())
+}
