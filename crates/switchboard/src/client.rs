@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderValue, Request};
-use switchboard_balancer::{Balancer, ConnectBackoff, ResponseFuture};
+use switchboard_balancer::{Balancer, ConnectBackoff, ResponseFuture, WaitForReady};
 use switchboard_resolver::{
     EtcdConfig, EtcdResolver, EtcdTls, Resolution, Resolve, StaticResolver,
 };
@@ -14,7 +14,8 @@ use tonic::Status;
 
 use crate::config::ClientConfig;
 use crate::error::Error;
-use crate::retry::{self, RetryPolicy};
+use crate::retry::{self, RetryPolicy, Throttle};
+use crate::service_config::{MethodTable, ServiceConfig};
 
 /// How long [`Client::connect`] waits for a READY instance unless `DialTimeout` says otherwise.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -63,11 +64,31 @@ impl Client {
     /// deadline).
     pub fn connect_lazy(config: ClientConfig) -> Result<Self, Error> {
         let config = config.validated()?;
-        let retry = RetryPolicy::from_config(config.retry.as_ref())?.map(Arc::new);
+        let service_config = config
+            .service_config
+            .as_deref()
+            .map(ServiceConfig::parse)
+            .transpose()?;
+        // One throttling bucket for the client, every method's retry policy included.
+        let throttling = service_config
+            .as_ref()
+            .and_then(|s| s.retry_throttling.as_ref())
+            .or_else(|| config.retry.as_ref().and_then(|r| r.throttling.as_ref()))
+            .map(|t| Arc::new(Throttle::new(t.max_tokens, t.token_ratio)));
+        let retry = RetryPolicy::from_config(config.retry.as_ref())?
+            .map(|p| Arc::new(p.with_throttle(throttling.clone())));
+        let methods = match &service_config {
+            Some(s) => MethodTable::build(s, throttling.as_ref())?.map(Arc::new),
+            None => None,
+        };
+        let policy = service_config
+            .as_ref()
+            .and_then(|s| s.load_balancing_policy)
+            .unwrap_or(config.policy);
         let resolution = resolve(&config)?;
         let mut builder = Balancer::builder()
             .target(config.service_name())
-            .policy(config.policy)
+            .policy(policy)
             .wait_for_ready(config.wait_for_ready);
         if let Some(k) = config.keepalive_time {
             builder = builder.keepalive(Some(k));
@@ -96,6 +117,7 @@ impl Client {
                 balancer,
                 timeout: config.timeout.filter(|t| !t.is_zero()),
                 retry,
+                methods,
             },
         })
     }
@@ -161,12 +183,17 @@ fn resolve(config: &ClientConfig) -> Result<Resolution, Error> {
 /// An RPC that fails with a retryable status before the server committed a response is retried
 /// on a new pick, within the same deadline, as the client's `Retry` policy says (gRFC A6; see
 /// [`crate::config::RetrySection`]).
+///
+/// A service config's `methodConfig` (see [`crate::service_config`]) changes the deadline,
+/// wait-for-ready and retry policy of the methods it names.
 #[derive(Clone, Debug)]
 pub struct Channel {
     balancer: Balancer,
     timeout: Option<Duration>,
     /// `None` when retries are off; shared by clones, with its throttling bucket.
     retry: Option<Arc<RetryPolicy>>,
+    /// The service config's per-method settings, if it has any.
+    methods: Option<Arc<MethodTable>>,
 }
 
 impl tower_service::Service<Request<tonic::body::Body>> for Channel {
@@ -179,20 +206,32 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
     }
 
     fn call(&mut self, mut request: Request<tonic::body::Body>) -> Self::Future {
-        let timeout = match grpc_timeout(&request) {
-            Some(t) => Some(t),
-            None => {
-                if let Some(t) = self.timeout {
-                    if let Ok(v) =
-                        HeaderValue::from_str(&format!("{}m", t.as_millis().min(99_999_999)))
-                    {
-                        request.headers_mut().insert("grpc-timeout", v);
-                    }
-                }
-                self.timeout
-            }
+        let method = self
+            .methods
+            .as_deref()
+            .and_then(|m| m.lookup(request.uri().path()));
+        let method_timeout = method.and_then(|m| m.timeout);
+        // The caller's deadline stands unless the method's is shorter; without either, the
+        // client's.
+        let (timeout, send) = match (grpc_timeout(&request), method_timeout) {
+            (Some(caller), Some(m)) if m < caller => (Some(m), true),
+            (Some(caller), _) => (Some(caller), false),
+            (None, m) => (m.or(self.timeout), true),
         };
-        let call = match &self.retry {
+        if let (Some(t), true) = (timeout, send) {
+            if let Ok(v) = HeaderValue::from_str(&format!("{}m", t.as_millis().min(99_999_999))) {
+                request.headers_mut().insert("grpc-timeout", v);
+            }
+        }
+        if let Some(wait) = method.and_then(|m| m.wait_for_ready) {
+            if request.extensions().get::<WaitForReady>().is_none() {
+                request.extensions_mut().insert(WaitForReady(wait));
+            }
+        }
+        let retry = method
+            .and_then(|m| m.retry.as_ref())
+            .or(self.retry.as_ref());
+        let call = match retry {
             None => self.balancer.call(request),
             Some(policy) => {
                 let policy = policy.clone();

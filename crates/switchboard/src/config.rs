@@ -98,6 +98,12 @@ pub struct ClientConfig {
     /// attempts of an RPC that failed with UNAVAILABLE; `Retry: {MaxAttempts: 1}` turns it off.
     #[serde(default, alias = "retry")]
     pub retry: Option<RetrySection>,
+    /// A gRPC service config, as JSON text: `loadBalancingConfig`, `methodConfig` (per-method
+    /// `timeout`, `waitForReady`, `retryPolicy`), `retryThrottling`, `healthCheckConfig`. What
+    /// it sets overrides `Policy`, `Timeout`, `WaitForReady` and `Retry`; see
+    /// [`crate::service_config`].
+    #[serde(default, alias = "service_config")]
+    pub service_config: Option<String>,
     /// go-zero's `App`, `Token` and `Middlewares`: accepted and not used.
     #[serde(default, alias = "app")]
     pub app: Option<IgnoredAny>,
@@ -408,6 +414,9 @@ impl ClientConfig {
             }
         }
         crate::retry::RetryPolicy::from_config(self.retry.as_ref())?;
+        if let Some(text) = &self.service_config {
+            crate::service_config::ServiceConfig::parse(text)?;
+        }
         Ok(self)
     }
 

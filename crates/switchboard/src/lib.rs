@@ -29,6 +29,7 @@ mod duration;
 mod error;
 mod retry;
 mod server;
+pub mod service_config;
 
 pub use client::{Channel, Client, DEFAULT_DIAL_TIMEOUT};
 pub use config::ClientConfig;

@@ -55,6 +55,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -91,7 +92,8 @@ pub(crate) struct RetryPolicy {
     multiplier: f64,
     /// One bit per retryable [`Code`].
     retryable: u32,
-    throttle: Option<Throttle>,
+    /// Shared by every policy of a client (its methods' ones included).
+    throttle: Option<Arc<Throttle>>,
 }
 
 impl RetryPolicy {
@@ -161,7 +163,7 @@ impl RetryPolicy {
                         "Retry.Throttling.TokenRatio: must be more than 0",
                     ));
                 }
-                Some(Throttle::new(t.max_tokens, t.token_ratio))
+                Some(Arc::new(Throttle::new(t.max_tokens, t.token_ratio)))
             }
         };
         if max_attempts == 1 {
@@ -175,6 +177,13 @@ impl RetryPolicy {
             retryable,
             throttle,
         }))
+    }
+
+    /// This policy with `throttle` as its bucket instead of its own, so that the policies of
+    /// one client share theirs.
+    pub(crate) fn with_throttle(mut self, throttle: Option<Arc<Throttle>>) -> Self {
+        self.throttle = throttle;
+        self
     }
 
     fn retries(&self, code: Code) -> bool {
@@ -200,7 +209,7 @@ fn bit(code: Code) -> u32 {
 }
 
 /// A status code by its name (`UNAVAILABLE`, any case) or number (`14`).
-fn parse_code(text: &str) -> Option<Code> {
+pub(crate) fn parse_code(text: &str) -> Option<Code> {
     const NAMES: [(&str, Code); 17] = [
         ("OK", Code::Ok),
         ("CANCELLED", Code::Cancelled),
@@ -232,14 +241,14 @@ fn parse_code(text: &str) -> Option<Code> {
 
 /// gRFC A6's retry throttling: a bucket of milli-tokens.
 #[derive(Debug)]
-struct Throttle {
+pub(crate) struct Throttle {
     max: u64,
     ratio: u64,
     tokens: AtomicU64,
 }
 
 impl Throttle {
-    fn new(max_tokens: f64, token_ratio: f64) -> Self {
+    pub(crate) fn new(max_tokens: f64, token_ratio: f64) -> Self {
         // A6 allows three decimal places: milli-tokens hold them exactly.
         let milli = |v: f64| (v * 1000.0).round().clamp(1.0, 1e12) as u64;
         let max = milli(max_tokens);
