@@ -30,6 +30,7 @@ mod error;
 mod retry;
 mod server;
 pub mod service_config;
+mod typed;
 
 pub use client::{Channel, Client, DEFAULT_DIAL_TIMEOUT};
 pub use config::ClientConfig;
@@ -37,3 +38,4 @@ pub use error::Error;
 pub use server::{Server, Serving};
 pub use switchboard_balancer as balancer;
 pub use switchboard_resolver as resolver;
+pub use typed::CallOptions;

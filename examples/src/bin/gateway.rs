@@ -23,9 +23,10 @@ use axum::{Json, Router};
 use clap::Parser;
 use serde::Deserialize;
 use serde_json::json;
-use switchboard::{Channel, Client, ClientConfig};
-use switchboard_examples::user::user_client::UserClient;
-use switchboard_examples::user::{GetUserInfoRequest, LoginRequest, RegisterRequest};
+use switchboard::{Client, ClientConfig};
+use switchboard_examples::user::{
+    GetUserInfoRequest, LoginReply, LoginRequest, RegisterReply, RegisterRequest, UserInfo,
+};
 use tonic::Code;
 
 #[derive(Parser, Debug)]
@@ -45,10 +46,19 @@ struct Args {
     key: String,
 }
 
+switchboard::typed_client! {
+    /// The user.rpc service, as the gateway calls it.
+    struct User(switchboard_examples::user::user_client::UserClient) {
+        register(RegisterRequest) -> RegisterReply;
+        login(LoginRequest) -> LoginReply;
+        get_user_info(GetUserInfoRequest) -> UserInfo;
+    }
+}
+
 #[derive(Clone)]
 struct App {
     client: Client,
-    users: UserClient<Channel>,
+    users: User,
 }
 
 #[derive(Deserialize)]
@@ -78,7 +88,7 @@ async fn main() -> Result<()> {
     let client = Client::connect(config)
         .await
         .context("connecting to user.rpc")?;
-    let users = UserClient::new(client.channel());
+    let users = User::new(&client);
     let app = Router::new()
         .route("/api/user/register", post(register))
         .route("/api/user/login", post(login))
@@ -98,28 +108,24 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn register(State(mut app): State<App>, Json(c): Json<Credentials>) -> Response {
+async fn register(State(app): State<App>, Json(c): Json<Credentials>) -> Response {
     let request = RegisterRequest {
         username: c.username,
         password: c.password,
     };
     match app.users.register(request).await {
-        Ok(reply) => {
-            let reply = reply.into_inner();
-            Json(json!({"id": reply.id, "instance": reply.instance})).into_response()
-        }
+        Ok(reply) => Json(json!({"id": reply.id, "instance": reply.instance})).into_response(),
         Err(status) => error(&status),
     }
 }
 
-async fn login(State(mut app): State<App>, Json(c): Json<Credentials>) -> Response {
+async fn login(State(app): State<App>, Json(c): Json<Credentials>) -> Response {
     let request = LoginRequest {
         username: c.username,
         password: c.password,
     };
     match app.users.login(request).await {
         Ok(reply) => {
-            let reply = reply.into_inner();
             Json(json!({"id": reply.id, "token": reply.token, "instance": reply.instance}))
                 .into_response()
         }
@@ -127,10 +133,9 @@ async fn login(State(mut app): State<App>, Json(c): Json<Credentials>) -> Respon
     }
 }
 
-async fn user_info(State(mut app): State<App>, Path(id): Path<i64>) -> Response {
+async fn user_info(State(app): State<App>, Path(id): Path<i64>) -> Response {
     match app.users.get_user_info(GetUserInfoRequest { id }).await {
         Ok(reply) => {
-            let reply = reply.into_inner();
             Json(json!({"id": reply.id, "username": reply.username, "instance": reply.instance}))
                 .into_response()
         }

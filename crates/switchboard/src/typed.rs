@@ -1,0 +1,126 @@
+//! Gateway-style typed clients, like go-zero's `user.NewUser(zrpc.MustNewClient(c.UserRpc))`:
+//! a cheap, clonable struct whose methods take `&self` and return the reply message;
+//! `with(CallOptions)` gives a copy whose calls carry a deadline, metadata or wait-for-ready.
+//!
+//! [`typed_client!`](crate::typed_client) builds one over a tonic-generated client.
+//!
+//! # Examples
+//!
+//! ```ignore
+//! switchboard::typed_client! {
+//!     /// The user.rpc service.
+//!     pub struct User(user_client::UserClient) {
+//!         register(RegisterRequest) -> RegisterReply;
+//!         get_user_info(GetUserInfoRequest) -> UserInfo;
+//!     }
+//! }
+//!
+//! let users = User::new(&switchboard::Client::connect(config).await?);
+//! let info = users.get_user_info(GetUserInfoRequest { id: 1 }).await?;
+//! let quick = users.with(CallOptions::new().timeout(Duration::from_millis(300)).metadata("x-user", "42")?);
+//! let info = quick.get_user_info(GetUserInfoRequest { id: 1 }).await?;
+//! ```
+
+use std::time::Duration;
+
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
+
+/// Per-call options of a typed client (see [`typed_client!`](crate::typed_client)).
+#[derive(Clone, Debug, Default)]
+pub struct CallOptions {
+    timeout: Option<Duration>,
+    wait_for_ready: Option<bool>,
+    metadata: MetadataMap,
+}
+
+impl CallOptions {
+    /// No options: the client's default deadline, no metadata.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// This call's deadline, instead of the client's `Timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Whether this call waits for a READY instance instead of failing while all have failed.
+    pub fn wait_for_ready(mut self, enabled: bool) -> Self {
+        self.wait_for_ready = Some(enabled);
+        self
+    }
+
+    /// Adds an ASCII metadata entry (a request header). Invalid keys or values are refused.
+    pub fn metadata(mut self, key: &str, value: &str) -> Result<Self, tonic::Status> {
+        let key: AsciiMetadataKey = key.parse().map_err(|_| {
+            tonic::Status::invalid_argument(format!("invalid metadata key {key:?}"))
+        })?;
+        let value: AsciiMetadataValue = value.parse().map_err(|_| {
+            tonic::Status::invalid_argument(format!("invalid metadata value for {key}"))
+        })?;
+        self.metadata.append(key, value);
+        Ok(self)
+    }
+
+    /// The request for `message` with these options.
+    pub fn request<M>(&self, message: M) -> tonic::Request<M> {
+        let mut request = tonic::Request::new(message);
+        *request.metadata_mut() = self.metadata.clone();
+        if let Some(timeout) = self.timeout {
+            request.set_timeout(timeout);
+        }
+        if let Some(w) = self.wait_for_ready {
+            request
+                .extensions_mut()
+                .insert(switchboard_balancer::WaitForReady(w));
+        }
+        request
+    }
+}
+
+/// Declares a typed client over a tonic-generated client: `Name::new(&client)`, one `&self`
+/// method per unary RPC returning the reply message, and `with(CallOptions)` for a copy whose
+/// calls carry those options.
+#[macro_export]
+macro_rules! typed_client {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident($($client:ident)::+) {
+            $( $method:ident($req:ty) -> $reply:ty; )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug)]
+        $vis struct $name {
+            inner: $($client)::+<$crate::Channel>,
+            options: $crate::CallOptions,
+        }
+
+        impl $name {
+            /// A typed client over `client`'s balanced channel.
+            $vis fn new(client: &$crate::Client) -> Self {
+                Self {
+                    inner: $($client)::+::new(client.channel()),
+                    options: $crate::CallOptions::new(),
+                }
+            }
+
+            /// A copy whose calls carry `options` (deadline, metadata, wait-for-ready).
+            $vis fn with(&self, options: $crate::CallOptions) -> Self {
+                Self { inner: self.inner.clone(), options }
+            }
+
+            $(
+                #[doc = concat!("Calls `", stringify!($method), "`: the reply message, or the call's status.")]
+                $vis async fn $method(&self, request: $req) -> ::std::result::Result<$reply, ::tonic::Status> {
+                    let mut inner = self.inner.clone();
+                    inner
+                        .$method(self.options.request(request))
+                        .await
+                        .map(::tonic::Response::into_inner)
+                }
+            )+
+        }
+    };
+}
