@@ -3,6 +3,17 @@
 //!
 //! ```text
 //! user-rpc --name user-rpc-1 --listen 0.0.0.0:8080 --etcd 127.0.0.1:2379 --key user.rpc
+//! user-rpc --name user-rpc-1 --config etc/user.yaml
+//! ```
+//!
+//! The config file has go-zero's `RpcServerConf` fields:
+//!
+//! ```yaml
+//! Name: user.rpc
+//! ListenOn: 0.0.0.0:8080
+//! Etcd:
+//!   Hosts: [127.0.0.1:2379]
+//!   Key: user.rpc
 //! ```
 //!
 //! Replies name the instance (`--name`). It serves `user.User` and `grpc.health.v1`,
@@ -31,18 +42,21 @@ use tonic::{Request, Response, Status};
 #[derive(Parser, Debug)]
 #[command(about = "The demo user.rpc service, registered in etcd")]
 struct Args {
+    /// A go-zero-style server config (YAML): `ListenOn`, `Etcd: {Hosts, Key}`.
+    #[arg(long, conflicts_with_all = ["listen", "etcd", "key"])]
+    config: Option<std::path::PathBuf>,
     /// The instance's name, carried by every reply.
     #[arg(long, env = "INSTANCE_NAME", default_value = "user-rpc")]
     name: String,
     /// Address to serve on (port 0: a free one).
-    #[arg(long, default_value = "0.0.0.0:8080")]
-    listen: SocketAddr,
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// etcd members, comma-separated.
-    #[arg(long, env = "ETCD_HOSTS", default_value = "127.0.0.1:2379")]
-    etcd: String,
+    #[arg(long, env = "ETCD_HOSTS")]
+    etcd: Option<String>,
     /// The key prefix to register under.
-    #[arg(long, default_value = "user.rpc")]
-    key: String,
+    #[arg(long)]
+    key: Option<String>,
     /// The address clients should dial (default: POD_IP, else the first non-loopback address).
     #[arg(long)]
     advertise: Option<String>,
@@ -62,6 +76,42 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .filter(|v| v.is_finite() && *v >= 0.0)
         .map(|v| Duration::from_secs_f64(v * scale))
         .ok_or_else(|| format!("{text:?} is not a duration like 2s or 500ms"))
+}
+
+/// go-zero's `RpcServerConf`, the fields this server uses.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ServerConfig {
+    listen_on: SocketAddr,
+    etcd: EtcdSection,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct EtcdSection {
+    hosts: Vec<String>,
+    key: String,
+}
+
+/// Where to listen, which etcd, and which key: from the config file, or the flags.
+fn settings(args: &Args) -> Result<(SocketAddr, String, String)> {
+    if let Some(path) = &args.config {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: ServerConfig = serde_norway::from_str(&text)
+            .with_context(|| format!("{}: not a server config", path.display()))?;
+        return Ok((
+            config.listen_on,
+            config.etcd.hosts.join(","),
+            config.etcd.key,
+        ));
+    }
+    Ok((
+        args.listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
+        args.etcd.clone().unwrap_or_else(|| "127.0.0.1:2379".into()),
+        args.key.clone().unwrap_or_else(|| "user.rpc".into()),
+    ))
 }
 
 struct UserService {
@@ -157,13 +207,14 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let (listen, etcd, key) = settings(&args)?;
     let service = UserService {
         name: args.name.clone(),
         next_id: AtomicI64::new(1),
     };
     let mut server = Server::builder()
-        .etcd(EtcdConfig::from_hosts(&args.etcd)?, args.key.clone())
-        .listen(args.listen)
+        .etcd(EtcdConfig::from_hosts(&etcd)?, key)
+        .listen(listen)
         .grace(args.grace)
         .add_service(UserServer::new(service));
     if let Some(addr) = &args.advertise {
