@@ -301,8 +301,9 @@ fn grpc_status_ok(headers: &HeaderMap) -> Option<bool> {
     headers.get("grpc-status").map(|v| v.as_bytes() == b"0")
 }
 
-/// The `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
-pub(crate) fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+/// The deadline a request carries in its `grpc-timeout` header (up to 8 digits and a unit: H,
+/// M, S, m, u, n), or `None` if it has none or it is malformed.
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.as_bytes();
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {

@@ -56,7 +56,7 @@ mod tls;
 mod worker;
 
 pub use backoff::ConnectBackoff;
-pub use balancer::{Balancer, BoxError, ResponseBody, ResponseFuture, WaitForReady};
+pub use balancer::{Balancer, BoxError, ResponseBody, ResponseFuture, WaitForReady, grpc_timeout};
 pub use builder::Builder;
 pub use error::Error;
 pub use picker::Policy;

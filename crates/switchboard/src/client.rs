@@ -213,7 +213,10 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
         let method_timeout = method.and_then(|m| m.timeout);
         // The caller's deadline stands unless the method's is shorter; without either, the
         // client's.
-        let (timeout, send) = match (grpc_timeout(&request), method_timeout) {
+        let (timeout, send) = match (
+            switchboard_balancer::grpc_timeout(request.headers()),
+            method_timeout,
+        ) {
             (Some(caller), Some(m)) if m < caller => (Some(m), true),
             (Some(caller), _) => (Some(caller), false),
             (None, m) => (m.or(self.timeout), true),
@@ -253,19 +256,4 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
             }),
         }
     }
-}
-
-fn grpc_timeout<B>(request: &Request<B>) -> Option<Duration> {
-    let value = request.headers().get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }

@@ -45,27 +45,14 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// How long to run (`10s`, `500ms`).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = switchboard_examples::parse_duration)]
     duration: Duration,
     /// The full method name, `/package.Service/Method`.
     #[arg(long)]
     method: String,
     /// Per-RPC deadline (`2s`).
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = switchboard_examples::parse_duration)]
     timeout: Duration,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, scale) = match text.strip_suffix("ms") {
-        Some(n) => (n, 1e-3),
-        None => (text.strip_suffix('s').unwrap_or(text), 1.0),
-    };
-    number
-        .parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite() && *v > 0.0 && *v < 1e7)
-        .map(|v| Duration::from_secs_f64(v * scale))
-        .ok_or_else(|| format!("{text:?} is not a duration like 10s or 500ms"))
 }
 
 /// Sends and receives message bytes as they are.

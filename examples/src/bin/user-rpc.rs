@@ -61,21 +61,8 @@ struct Args {
     #[arg(long)]
     advertise: Option<String>,
     /// How long to wait, after deregistering, for clients to see it (`2s`, `500ms`).
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = switchboard_examples::parse_duration)]
     grace: Duration,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, scale) = match text.strip_suffix("ms") {
-        Some(n) => (n, 1e-3),
-        None => (text.strip_suffix('s').unwrap_or(text), 1.0),
-    };
-    number
-        .parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite() && *v >= 0.0)
-        .map(|v| Duration::from_secs_f64(v * scale))
-        .ok_or_else(|| format!("{text:?} is not a duration like 2s or 500ms"))
 }
 
 /// go-zero's `RpcServerConf`, the fields this server uses.
