@@ -2,145 +2,17 @@
 //! purpose.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod flaky;
+
 use anyhow::Result;
+use flaky::{Flaky, Seen};
 use switchboard::{Client, ClientConfig};
 use switchboard_testkit::proto::user::user_client::UserClient;
-use switchboard_testkit::proto::user::user_server::{User, UserServer};
-use switchboard_testkit::proto::user::{
-    Event, GetUserInfoRequest, LoginReply, LoginRequest, RegisterReply, RegisterRequest, UserInfo,
-    WatchEventsRequest,
-};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::metadata::MetadataValue;
-use tonic::{Code, Request, Response, Status};
-
-/// What the servers of one test saw, all of them together.
-#[derive(Debug, Default)]
-struct Seen {
-    calls: AtomicU64,
-    /// Per attempt: `grpc-previous-rpc-attempts` and `grpc-timeout`.
-    headers: Mutex<Vec<(Option<String>, Option<String>)>>,
-}
-
-impl Seen {
-    fn calls(&self) -> u64 {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn previous_attempts(&self) -> Vec<Option<String>> {
-        let headers = self.headers.lock().expect("not poisoned");
-        headers
-            .iter()
-            .map(|(previous, _)| previous.clone())
-            .collect()
-    }
-
-    fn timeouts(&self) -> Vec<Option<String>> {
-        let headers = self.headers.lock().expect("not poisoned");
-        headers.iter().map(|(_, timeout)| timeout.clone()).collect()
-    }
-}
-
-/// A `User` service whose `GetUserInfo` fails the first `fail_first` calls (counted over all
-/// the servers sharing `seen`) with `code`, and `grpc-retry-pushback-ms: pushback` if set.
-#[derive(Debug, Clone)]
-struct Flaky {
-    name: &'static str,
-    seen: Arc<Seen>,
-    fail_first: u64,
-    code: Code,
-    pushback: Option<&'static str>,
-    delay: Duration,
-}
-
-impl Flaky {
-    fn new(seen: &Arc<Seen>, fail_first: u64, code: Code) -> Self {
-        Self {
-            name: "flaky",
-            seen: seen.clone(),
-            fail_first,
-            code,
-            pushback: None,
-            delay: Duration::ZERO,
-        }
-    }
-
-    async fn serve(self) -> Result<SocketAddr> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(UserServer::new(self))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
-        Ok(addr)
-    }
-}
-
-type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<Event, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl User for Flaky {
-    async fn register(
-        &self,
-        _: Request<RegisterRequest>,
-    ) -> Result<Response<RegisterReply>, Status> {
-        Err(Status::unimplemented("register"))
-    }
-
-    async fn login(&self, _: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
-        Err(Status::unimplemented("login"))
-    }
-
-    async fn get_user_info(
-        &self,
-        request: Request<GetUserInfoRequest>,
-    ) -> Result<Response<UserInfo>, Status> {
-        let n = self.seen.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let header = |name: &str| {
-            request
-                .metadata()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        self.seen
-            .headers
-            .lock()
-            .expect("not poisoned")
-            .push((header("grpc-previous-rpc-attempts"), header("grpc-timeout")));
-        tokio::time::sleep(self.delay).await;
-        if n <= self.fail_first {
-            let mut status = Status::new(self.code, format!("{}: failing call {n}", self.name));
-            if let Some(pushback) = self.pushback {
-                status.metadata_mut().insert(
-                    "grpc-retry-pushback-ms",
-                    MetadataValue::from_static(pushback),
-                );
-            }
-            return Err(status);
-        }
-        Ok(Response::new(UserInfo {
-            id: request.into_inner().id,
-            username: "ok".into(),
-            instance: self.name.into(),
-        }))
-    }
-
-    type WatchEventsStream = EventStream;
-
-    async fn watch_events(
-        &self,
-        _: Request<WatchEventsRequest>,
-    ) -> Result<Response<EventStream>, Status> {
-        Err(Status::unimplemented("watch_events"))
-    }
-}
+use switchboard_testkit::proto::user::{GetUserInfoRequest, UserInfo};
+use tonic::{Code, Response, Status};
 
 async fn client(addrs: &[SocketAddr], settings: &str) -> Result<UserClient<switchboard::Channel>> {
     let endpoints: Vec<String> = addrs.iter().map(ToString::to_string).collect();

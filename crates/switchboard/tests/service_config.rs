@@ -1,21 +1,18 @@
 //! A gRPC service config's per-method settings against real tonic servers on 127.0.0.1.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+mod flaky;
+
 use anyhow::Result;
+use flaky::{Flaky, Seen};
 use switchboard::{Client, ClientConfig};
 use switchboard_testkit::proto::user::user_client::UserClient;
-use switchboard_testkit::proto::user::user_server::{User, UserServer};
-use switchboard_testkit::proto::user::{
-    Event, GetUserInfoRequest, LoginReply, LoginRequest, RegisterReply, RegisterRequest, UserInfo,
-    WatchEventsRequest,
-};
+use switchboard_testkit::proto::user::{GetUserInfoRequest, LoginReply, LoginRequest, UserInfo};
 use switchboard_testkit::{TestServer, free_port};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status};
 
 async fn client(addr: SocketAddr, settings: &str) -> Result<UserClient<switchboard::Channel>> {
@@ -101,83 +98,18 @@ ServiceConfig: |
     Ok(())
 }
 
-/// A `User` service whose `GetUserInfo` fails its first `fail_first` calls with UNAVAILABLE.
-#[derive(Debug, Clone)]
-struct Flaky {
-    calls: Arc<AtomicU64>,
-    fail_first: u64,
-}
-
-impl Flaky {
-    async fn serve(self) -> Result<SocketAddr> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(UserServer::new(self))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
-        Ok(addr)
-    }
-}
-
-type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<Event, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl User for Flaky {
-    async fn register(
-        &self,
-        _: Request<RegisterRequest>,
-    ) -> Result<Response<RegisterReply>, Status> {
-        Err(Status::unimplemented("register"))
-    }
-
-    async fn login(&self, _: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
-        Err(Status::unimplemented("login"))
-    }
-
-    async fn get_user_info(
-        &self,
-        request: Request<GetUserInfoRequest>,
-    ) -> Result<Response<UserInfo>, Status> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        if n <= self.fail_first {
-            return Err(Status::unavailable(format!("failing call {n}")));
-        }
-        Ok(Response::new(UserInfo {
-            id: request.into_inner().id,
-            username: "ok".into(),
-            instance: "flaky".into(),
-        }))
-    }
-
-    type WatchEventsStream = EventStream;
-
-    async fn watch_events(
-        &self,
-        _: Request<WatchEventsRequest>,
-    ) -> Result<Response<EventStream>, Status> {
-        Err(Status::unimplemented("watch_events"))
-    }
-}
-
 #[tokio::test]
 async fn a_method_retry_policy_retries_where_the_client_does_not() -> Result<()> {
-    let calls = Arc::new(AtomicU64::new(0));
-    let addr = Flaky {
-        calls: calls.clone(),
-        fail_first: 2,
-    }
-    .serve()
-    .await?;
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky::new(&seen, 2, Code::Unavailable).serve().await?;
 
     // The client alone does not retry.
     let mut plain = client(addr, "Timeout: 5s\nRetry: {MaxAttempts: 1}\n").await?;
     let status = get(&mut plain).await.expect_err("not retried");
     assert_eq!(status.code(), Code::Unavailable);
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.calls(), 1);
 
-    calls.store(0, Ordering::SeqCst);
+    seen.calls.store(0, Ordering::SeqCst);
     let mut users = client(
         addr,
         r#"Timeout: 5s
@@ -201,7 +133,7 @@ ServiceConfig: |
     .await?;
     let reply = get(&mut users).await?;
     assert_eq!(reply.id, 7);
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(seen.calls(), 3);
     Ok(())
 }
 
