@@ -276,12 +276,21 @@ fn strip_origin(uri: &Uri) -> Uri {
 }
 
 /// The status of an RPC that failed in transport, as gRPC maps HTTP/2 errors.
+///
+/// A stream the server refused (`RST_STREAM` with `REFUSED_STREAM`) or went away before
+/// reading (a GOAWAY whose last stream id is lower) was not processed: its status is UNAVAILABLE
+/// with [`Unprocessed`] as its source.
 fn status_of(addr: &str, error: &hyper::Error) -> Status {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     let mut code = Code::Unavailable;
+    let mut unprocessed = false;
     while let Some(e) = source {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            unprocessed = h2.is_remote()
+                && ((h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+                    || h2.is_go_away());
             code = match h2.reason() {
+                _ if unprocessed => Code::Unavailable,
                 Some(h2::Reason::CANCEL) => Code::Cancelled,
                 Some(h2::Reason::ENHANCE_YOUR_CALM) => Code::ResourceExhausted,
                 Some(h2::Reason::INADEQUATE_SECURITY) => Code::PermissionDenied,
@@ -293,7 +302,41 @@ fn status_of(addr: &str, error: &hyper::Error) -> Status {
         }
         source = e.source();
     }
-    Status::new(code, format!("{addr}: {}", chain(error)))
+    let mut status = Status::new(code, format!("{addr}: {}", chain(error)));
+    if unprocessed {
+        status.set_source(Arc::new(Unprocessed));
+    }
+    status
+}
+
+/// The source of the [`Status`] of an RPC that reached a server but was not processed by it:
+/// the server refused its stream (`REFUSED_STREAM`) or sent a GOAWAY below its stream id.
+///
+/// Such an RPC can be sent again whatever its method, as gRFC A6's transparent retry does;
+/// [`is_unprocessed`] tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unprocessed;
+
+impl std::fmt::Display for Unprocessed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the server did not process the request")
+    }
+}
+
+impl std::error::Error for Unprocessed {}
+
+/// Whether `status` is that of an RPC the server did not process (see [`Unprocessed`]).
+///
+/// ```
+/// use switchboard_balancer::{Unprocessed, is_unprocessed};
+///
+/// let mut status = tonic::Status::unavailable("refused");
+/// assert!(!is_unprocessed(&status));
+/// status.set_source(std::sync::Arc::new(Unprocessed));
+/// assert!(is_unprocessed(&status));
+/// ```
+pub fn is_unprocessed(status: &Status) -> bool {
+    std::error::Error::source(status).is_some_and(|s| s.is::<Unprocessed>())
 }
 
 /// Whether the `grpc-status` in these headers (or trailers) is OK; `None` if there is none.

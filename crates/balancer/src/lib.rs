@@ -56,7 +56,10 @@ mod tls;
 mod worker;
 
 pub use backoff::ConnectBackoff;
-pub use balancer::{Balancer, BoxError, ResponseBody, ResponseFuture, WaitForReady, grpc_timeout};
+pub use balancer::{
+    Balancer, BoxError, ResponseBody, ResponseFuture, Unprocessed, WaitForReady, grpc_timeout,
+    is_unprocessed,
+};
 pub use builder::Builder;
 pub use error::Error;
 pub use picker::Policy;

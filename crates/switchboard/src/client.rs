@@ -75,8 +75,10 @@ impl Client {
             .and_then(|s| s.retry_throttling.as_ref())
             .or_else(|| config.retry.as_ref().and_then(|r| r.throttling.as_ref()))
             .map(|t| Arc::new(Throttle::new(t.max_tokens, t.token_ratio)));
-        let retry = RetryPolicy::from_config(config.retry.as_ref())?
-            .map(|p| Arc::new(p.with_throttle(throttling.clone())));
+        let retry = Arc::new(
+            RetryPolicy::from_config(config.retry.as_ref())?
+                .map_or_else(RetryPolicy::off, |p| p.with_throttle(throttling.clone())),
+        );
         let methods = match &service_config {
             Some(s) => MethodTable::build(s, throttling.as_ref())?.map(Arc::new),
             None => None,
@@ -190,8 +192,8 @@ fn resolve(config: &ClientConfig) -> Result<Resolution, Error> {
 pub struct Channel {
     balancer: Balancer,
     timeout: Option<Duration>,
-    /// `None` when retries are off; shared by clones, with its throttling bucket.
-    retry: Option<Arc<RetryPolicy>>,
+    /// Shared by clones, with its throttling bucket.
+    retry: Arc<RetryPolicy>,
     /// The service config's per-method settings, if it has any.
     methods: Option<Arc<MethodTable>>,
 }
@@ -231,18 +233,13 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
                 request.extensions_mut().insert(WaitForReady(wait));
             }
         }
-        let retry = method
-            .and_then(|m| m.retry.as_ref())
-            .or(self.retry.as_ref());
-        let call = match retry {
-            None => self.balancer.call(request),
-            Some(policy) => {
-                let policy = policy.clone();
-                let balancer = self.balancer.clone();
-                let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
-                Box::pin(async move { retry::call(&policy, balancer, request, deadline).await })
-            }
-        };
+        let policy = method
+            .and_then(|m| m.retry.clone())
+            .unwrap_or_else(|| self.retry.clone());
+        let balancer = self.balancer.clone();
+        let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
+        let call: ResponseFuture =
+            Box::pin(async move { retry::call(&policy, balancer, request, deadline).await });
         match timeout {
             None => call,
             Some(t) => Box::pin(async move {

@@ -30,8 +30,12 @@
 //! counts as a success for throttling when its headers arrive (a status in the trailers of a
 //! committed response is not seen here).
 //!
-//! Requests that never left the client are re-picked by the balancer on its own, without
-//! counting as attempts.
+//! **Transparent retries.** Requests that never left the client (their connection closed
+//! before they were sent) are re-picked by the balancer on its own. A request that reached a
+//! server which did not process it (it refused the stream with `REFUSED_STREAM`, or sent a
+//! GOAWAY below its stream id) is sent again once at once, on a new pick, without counting as
+//! an attempt, without backoff or throttling, and even when retries are off; if that happens
+//! again it counts as an UNAVAILABLE attempt.
 //!
 //! # Examples
 //!
@@ -64,7 +68,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::Full;
-use switchboard_balancer::{Balancer, BoxError, ResponseBody};
+use switchboard_balancer::{Balancer, BoxError, ResponseBody, is_unprocessed};
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
@@ -177,6 +181,18 @@ impl RetryPolicy {
             retryable,
             throttle,
         }))
+    }
+
+    /// No retries: only the transparent ones.
+    pub(crate) fn off() -> Self {
+        Self {
+            max_attempts: 1,
+            initial_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+            multiplier: 1.0,
+            retryable: 0,
+            throttle: None,
+        }
     }
 
     /// This policy with `throttle` as its bucket instead of its own, so that the policies of
@@ -431,21 +447,31 @@ pub(crate) async fn call(
         Buffered::Failed(status) => return Err(status.into()),
     };
     let mut attempts = Attempts::new(policy);
+    let mut transparent = true;
+    let mut sends = 0u32;
     loop {
         let mut request = Request::from_parts(parts.clone(), Body::new(Full::new(bytes.clone())));
+        let headers = request.headers_mut();
         if attempts.made > 0 {
-            let headers = request.headers_mut();
             headers.insert(PREVIOUS_ATTEMPTS, HeaderValue::from(attempts.made));
-            if let Some(deadline) = deadline {
-                let left = deadline.saturating_duration_since(Instant::now());
-                // Rounded up: the server's deadline must not come before the caller's.
-                let ms = left.as_micros().div_ceil(1000).clamp(1, 99_999_999);
-                if let Ok(v) = HeaderValue::from_str(&format!("{ms}m")) {
-                    headers.insert("grpc-timeout", v);
-                }
+        }
+        if let (true, Some(deadline)) = (sends > 0, deadline) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Rounded up: the server's deadline must not come before the caller's.
+            let ms = left.as_micros().div_ceil(1000).clamp(1, 99_999_999);
+            if let Ok(v) = HeaderValue::from_str(&format!("{ms}m")) {
+                headers.insert("grpc-timeout", v);
             }
         }
+        sends += 1;
         let result = balancer.call(request).await;
+        if let Err(error) = &result {
+            if transparent && error.downcast_ref::<Status>().is_some_and(is_unprocessed) {
+                transparent = false;
+                debug!(%error, "not processed by the server: sent again transparently");
+                continue;
+            }
+        }
         let outcome = outcome(&result);
         match attempts.after(outcome, rand::random::<f64>()) {
             Next::Done(Done::Succeeded) => return result,

@@ -445,8 +445,11 @@ impl MethodTable {
         for method in &config.method_configs {
             let retry = match &method.retry_policy {
                 None => None,
-                Some(section) => RetryPolicy::from_config(Some(section))?
-                    .map(|p| Arc::new(p.with_throttle(throttle.cloned()))),
+                // `maxAttempts: 1` turns the client's retries off for these methods.
+                Some(section) => Some(Arc::new(
+                    RetryPolicy::from_config(Some(section))?
+                        .map_or_else(RetryPolicy::off, |p| p.with_throttle(throttle.cloned())),
+                )),
             };
             let settings = Arc::new(MethodSettings {
                 timeout: method.timeout,
