@@ -1,4 +1,8 @@
-//! What the example programs share: the generated code of `proto/user.proto`.
+//! What the example programs share: the generated code of `proto/user.proto`, the `User`
+//! service and the gateway's routes.
+
+pub mod gateway;
+pub mod service;
 
 /// Package `user`: the demo `User` service, client and server.
 #[allow(missing_docs, unreachable_pub, clippy::all, rust_2018_idioms)]

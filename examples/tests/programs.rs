@@ -127,3 +127,68 @@ async fn the_gateway_turns_http_into_balanced_grpc_calls() -> Result<()> {
     }
     Ok(())
 }
+
+/// Runs the demo with `--registry REGISTRY` and returns its output, checking it exits 0.
+async fn demo(registry: &str) -> Result<String> {
+    let run = Command::new(env!("CARGO_BIN_EXE_demo"))
+        .args(["--registry", registry])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), run).await??;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "demo --registry {registry} failed: {}\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
+/// Each instance's total in the demo's summary.
+fn served(stdout: &str, instance: &str) -> Option<u64> {
+    stdout.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix(&format!("{instance}: "))?
+            .strip_suffix(" requests")?
+            .parse()
+            .ok()
+    })
+}
+
+#[tokio::test]
+async fn the_demo_moves_traffic_with_no_failed_request() -> Result<()> {
+    let stdout = demo("etcd").await?;
+    assert!(stdout.contains(", 0 failed"), "{stdout}");
+    for instance in ["user-rpc-1", "user-rpc-2", "user-rpc-3", "user-rpc-4"] {
+        assert!(
+            served(&stdout, instance).is_some_and(|n| n > 0),
+            "{instance}: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("OK: traffic followed etcd live"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("IN-MEMORY"), "{stdout}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_etcd_the_demo_says_loudly_it_runs_in_memory() -> Result<()> {
+    let stdout = demo("memory").await?;
+    assert!(
+        stdout.contains("THIS RUN USES AN IN-MEMORY REGISTRY, NOT ETCD"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(", 0 failed"), "{stdout}");
+    for instance in ["user-rpc-1", "user-rpc-2", "user-rpc-3", "user-rpc-4"] {
+        assert!(
+            served(&stdout, instance).is_some_and(|n| n > 0),
+            "{instance}: {stdout}"
+        );
+    }
+    Ok(())
+}

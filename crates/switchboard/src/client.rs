@@ -64,6 +64,44 @@ impl Client {
     /// deadline).
     pub fn connect_lazy(config: ClientConfig) -> Result<Self, Error> {
         let config = config.validated()?;
+        let resolution = resolve(&config)?;
+        Self::build(config.service_name(), config, resolution)
+    }
+
+    /// A client of the instances `resolution` publishes (any [`Resolve`] implementation: a
+    /// registry of your own, or [`switchboard_resolver::MemoryRegistry`] in tests), named
+    /// `target`, with `config`'s settings. It returns at once, like
+    /// [`Client::connect_lazy`]; `config` must not name a source of instances (`Etcd`,
+    /// `Endpoints`, `Target`).
+    ///
+    /// ```
+    /// use switchboard::resolver::{Instance, MemoryRegistry, Resolve};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), switchboard::Error> {
+    /// let registry = MemoryRegistry::new();
+    /// registry.put(Instance::new("user.rpc/1", "127.0.0.1:8080"));
+    /// let resolution = registry.resolver("user.rpc").resolve();
+    /// let client = switchboard::Client::with_resolution(
+    ///     "user.rpc",
+    ///     switchboard::ClientConfig::default(),
+    ///     resolution,
+    /// )?;
+    /// # drop(client); Ok(()) }
+    /// ```
+    pub fn with_resolution(
+        target: impl Into<String>,
+        config: ClientConfig,
+        resolution: Resolution,
+    ) -> Result<Self, Error> {
+        if config.sources() != 0 {
+            return Err(Error::config(
+                "Etcd, Endpoints and Target: must be empty when the instances are resolved by the caller",
+            ));
+        }
+        Self::build(target.into(), config.validated_settings()?, resolution)
+    }
+
+    fn build(target: String, config: ClientConfig, resolution: Resolution) -> Result<Self, Error> {
         let service_config = config
             .service_config
             .as_deref()
@@ -87,9 +125,8 @@ impl Client {
             .as_ref()
             .and_then(|s| s.load_balancing_policy)
             .unwrap_or(config.policy);
-        let resolution = resolve(&config)?;
         let mut builder = Balancer::builder()
-            .target(config.service_name())
+            .target(target)
             .policy(policy)
             .wait_for_ready(config.wait_for_ready);
         if let Some(k) = config.keepalive_time {

@@ -31,7 +31,7 @@ use crate::error::Error;
 /// assert_eq!(config.timeout, Some(std::time::Duration::from_secs(2)));
 /// # Ok::<(), switchboard::Error>(())
 /// ```
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ClientConfig {
@@ -264,6 +264,32 @@ fn status_codes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<Str
     ))
 }
 
+/// The settings of an empty config file: the 2 s default deadline, and no source of
+/// instances.
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            etcd: None,
+            endpoints: Vec::new(),
+            target: None,
+            non_block: false,
+            timeout: default_timeout(),
+            keepalive_time: None,
+            keepalive_timeout: None,
+            policy: Policy::default(),
+            dial_timeout: None,
+            drain_timeout: None,
+            wait_for_ready: false,
+            backoff: None,
+            retry: None,
+            service_config: None,
+            app: None,
+            token: None,
+            middlewares: None,
+        }
+    }
+}
+
 fn default_timeout() -> Option<Duration> {
     Some(Duration::from_secs(2))
 }
@@ -328,7 +354,6 @@ impl ClientConfig {
     {
         Self {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
-            timeout: default_timeout(),
             ..Self::default()
         }
     }
@@ -345,7 +370,6 @@ impl ClientConfig {
                 key: key.into(),
                 ..EtcdSection::default()
             }),
-            timeout: default_timeout(),
             ..Self::default()
         }
     }
@@ -353,14 +377,23 @@ impl ClientConfig {
     /// Checks what serde cannot: one source of instances, non-empty lists, sane numbers. The
     /// error names the field and the problem.
     pub fn validated(self) -> Result<Self, Error> {
-        let sources = usize::from(self.etcd.is_some())
-            + usize::from(!self.endpoints.is_empty())
-            + usize::from(self.target.is_some());
-        if sources != 1 {
+        if self.sources() != 1 {
             return Err(Error::config(
                 "exactly one of Etcd, Endpoints and Target must be set",
             ));
         }
+        self.validated_settings()
+    }
+
+    /// How many of Etcd, Endpoints and Target are set.
+    pub(crate) fn sources(&self) -> usize {
+        usize::from(self.etcd.is_some())
+            + usize::from(!self.endpoints.is_empty())
+            + usize::from(self.target.is_some())
+    }
+
+    /// [`Self::validated`] but for the source of instances.
+    pub(crate) fn validated_settings(self) -> Result<Self, Error> {
         if let Some(etcd) = &self.etcd {
             if etcd.hosts.is_empty() {
                 return Err(Error::config("Etcd.Hosts: lists no etcd member"));

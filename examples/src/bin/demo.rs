@@ -9,6 +9,9 @@
 //! registers and takes traffic, and one of the first three stops gracefully (SIGTERM:
 //! deregister, NOT_SERVING, grace period, drain): its traffic moves to the others and no
 //! request fails. It exits 0 with a summary, or 1 if a request failed or traffic did not move.
+//!
+//! `--registry memory` (or `auto`, the default, when etcd cannot be started) runs the instances
+//! and the gateway inside the demo process over an in-memory registry instead, and says so.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,17 +21,173 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use clap::Parser;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use switchboard::resolver::{Instance as Registration, MemoryRegistry, Resolve};
+use switchboard::{Client, ClientConfig, Server, Serving};
+use switchboard_examples::service::UserService;
+use switchboard_examples::user::user_server::UserServer;
 use switchboard_testkit::{Etcd, free_port};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Concurrent HTTP clients of the gateway.
 const CLIENTS: usize = 8;
+
+#[derive(Parser, Debug)]
+#[command(about = "etcd, three user-rpc instances, the gateway and traffic: watch it balance")]
+struct Args {
+    /// Where the instances register: `etcd` (the real binary), `memory` (everything in this
+    /// process), or `auto` (etcd, else memory).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "etcd", "memory"])]
+    registry: String,
+}
+
+/// Where the instances register.
+enum Registry {
+    Etcd { _etcd: Box<Etcd>, hosts: String },
+    Memory(MemoryRegistry),
+}
+
+/// A running user-rpc instance.
+enum Instance {
+    Process(Proc),
+    InProcess {
+        name: String,
+        key: String,
+        serving: Serving,
+    },
+}
+
+impl Registry {
+    async fn start(choice: &str) -> Result<Self> {
+        if choice == "memory" {
+            return Ok(Self::memory_loudly("--registry memory"));
+        }
+        match Etcd::start().await {
+            Ok(etcd) => {
+                let hosts = etcd.hosts();
+                Ok(Self::Etcd {
+                    _etcd: Box::new(etcd),
+                    hosts,
+                })
+            }
+            Err(e) if choice == "auto" => Ok(Self::memory_loudly(&format!(
+                "etcd could not be started: {e:#}"
+            ))),
+            Err(e) => Err(e.context("starting etcd (Debian package etcd-server)")),
+        }
+    }
+
+    fn memory_loudly(why: &str) -> Self {
+        let banner = format!(
+            "\n{bar}\n!! {why}\n!! THIS RUN USES AN IN-MEMORY REGISTRY, NOT ETCD: the instances and the\n!! gateway run inside this process. For the real thing install etcd\n!! (`apt-get install etcd-server`, or `bash scripts/setup.sh`) and run again.\n{bar}\n",
+            bar = "!".repeat(78)
+        );
+        println!("{banner}");
+        eprintln!("{banner}");
+        Self::Memory(MemoryRegistry::new())
+    }
+
+    /// Starts instance `name` and waits until it is registered.
+    async fn instance(&self, name: &str) -> Result<Instance> {
+        match self {
+            Self::Etcd { hosts, .. } => Ok(Instance::Process(user_rpc(name, hosts).await?)),
+            Self::Memory(registry) => {
+                let serving = Server::builder()
+                    .listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+                    .grace(Duration::from_millis(200))
+                    .add_service(UserServer::new(UserService::new(name)))
+                    .serve()
+                    .await?;
+                let key = format!("user.rpc/{name}");
+                let addr = serving.local_addr().to_string();
+                registry.put(Registration::new(key.clone(), addr.clone()));
+                println!("  {name}: registered {addr} (in memory)");
+                Ok(Instance::InProcess {
+                    name: name.to_owned(),
+                    key,
+                    serving,
+                })
+            }
+        }
+    }
+
+    /// Starts the gateway on `addr`: the `gateway` program, or its routes in this process.
+    fn gateway(&self, addr: &str) -> Result<Gateway> {
+        match self {
+            Self::Etcd { hosts, .. } => Ok(Gateway::Process(Box::new(Proc {
+                name: "gateway".into(),
+                child: Command::new(sibling("gateway")?)
+                    .args(["--listen", addr, "--etcd", hosts, "--key", "user.rpc"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .env("RUST_LOG", "warn")
+                    .kill_on_drop(true)
+                    .spawn()
+                    .context("starting the gateway")?,
+            }))),
+            Self::Memory(registry) => {
+                let resolution = registry.resolver("user.rpc").resolve();
+                let client =
+                    Client::with_resolution("user.rpc", ClientConfig::default(), resolution)?;
+                let app = switchboard_examples::gateway::router(client);
+                let listener = std::net::TcpListener::bind(addr)?;
+                listener.set_nonblocking(true)?;
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                Ok(Gateway::InProcess(tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).await;
+                })))
+            }
+        }
+    }
+
+    /// Stops `instance` gracefully (deregister, NOT_SERVING, grace, drain); `true` if it
+    /// exited cleanly.
+    fn leave(&self, instance: Instance) -> Result<tokio::task::JoinHandle<(String, bool)>> {
+        Ok(match (self, instance) {
+            (_, Instance::Process(mut leaving)) => {
+                if let Some(pid) = leaving.pid() {
+                    kill(pid, Signal::SIGTERM)?;
+                }
+                tokio::spawn(async move {
+                    let status =
+                        tokio::time::timeout(Duration::from_secs(30), leaving.child.wait()).await;
+                    (leaving.name, matches!(status, Ok(Ok(s)) if s.success()))
+                })
+            }
+            (Self::Memory(registry), Instance::InProcess { name, key, serving }) => {
+                registry.delete(&key);
+                tokio::spawn(async move {
+                    let done = tokio::time::timeout(Duration::from_secs(30), serving.shutdown());
+                    (name, done.await.is_ok())
+                })
+            }
+            (Self::Etcd { .. }, Instance::InProcess { name, .. }) => {
+                bail!("{name} is not registered in etcd")
+            }
+        })
+    }
+}
+
+/// The gateway, stopped when dropped.
+enum Gateway {
+    Process(#[allow(dead_code, reason = "killed when dropped")] Box<Proc>),
+    InProcess(tokio::task::JoinHandle<()>),
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Self::InProcess(task) = self {
+            task.abort();
+        }
+    }
+}
 
 /// A child process, killed when dropped.
 struct Proc {
@@ -149,37 +308,22 @@ async fn main() -> Result<()> {
         .init();
     let started = Instant::now();
 
-    println!("1. etcd on 127.0.0.1, three user-rpc instances registering under user.rpc/");
-    let etcd = Etcd::start()
-        .await
-        .context("starting etcd (Debian package etcd-server)")?;
-    let hosts = etcd.hosts();
+    let args = Args::parse();
+
+    let registry = Registry::start(&args.registry).await?;
+    let (source, leave_how) = match registry {
+        Registry::Etcd { .. } => ("etcd", "SIGTERM: deregister"),
+        Registry::Memory(_) => ("the in-memory registry", "deregister"),
+    };
+    println!("1. {source} on 127.0.0.1, three user-rpc instances registering under user.rpc/");
     let mut instances = Vec::new();
     for name in ["user-rpc-1", "user-rpc-2", "user-rpc-3"] {
-        instances.push(user_rpc(name, &hosts).await?);
+        instances.push(registry.instance(name).await?);
     }
 
     println!("2. the gateway, balancing user.rpc with switchboard");
     let gateway_addr = format!("127.0.0.1:{}", free_port()?);
-    let _gateway = Proc {
-        name: "gateway".into(),
-        child: Command::new(sibling("gateway")?)
-            .args([
-                "--listen",
-                &gateway_addr,
-                "--etcd",
-                &hosts,
-                "--key",
-                "user.rpc",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .env("RUST_LOG", "warn")
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting the gateway")?,
-    };
+    let _gateway = registry.gateway(&gateway_addr)?;
     wait_http(&gateway_addr).await?;
 
     println!(
@@ -200,16 +344,11 @@ async fn main() -> Result<()> {
         .collect();
 
     let snapshot = || counts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut table = Table::new(started);
     let mut last = snapshot();
-    let table = |label: &str, last: &mut BTreeMap<String, u64>| {
+    let mut table = |label: &str, last: &mut BTreeMap<String, u64>| {
         let now = snapshot();
-        let mut row = format!("[{:>5.1}s] {label:<28}", started.elapsed().as_secs_f64());
-        for name in ["user-rpc-1", "user-rpc-2", "user-rpc-3", "user-rpc-4"] {
-            let n = now.get(name).copied().unwrap_or(0) - last.get(name).copied().unwrap_or(0);
-            row.push_str(&format!(" {name}={n:<6}"));
-        }
-        row.push_str(&format!(" failed={}", failures.load(Ordering::Relaxed)));
-        println!("{row}");
+        table.draw(label, last, &now, failures.load(Ordering::Relaxed));
         *last = now;
     };
     for _ in 0..3 {
@@ -218,27 +357,19 @@ async fn main() -> Result<()> {
     }
 
     println!("4. a fourth instance registers");
-    instances.push(user_rpc("user-rpc-4", &hosts).await?);
+    instances.push(registry.instance("user-rpc-4").await?);
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         table("four instances", &mut last);
     }
 
-    println!("5. user-rpc-2 stops gracefully (SIGTERM: deregister, NOT_SERVING, grace, drain)");
-    let mut leaving = instances.remove(1);
-    if let Some(pid) = leaving.pid() {
-        kill(pid, Signal::SIGTERM)?;
-    }
-    let stopping = tokio::spawn(async move {
-        let status = tokio::time::timeout(Duration::from_secs(30), leaving.child.wait()).await;
-        (leaving.name, status)
-    });
+    println!("5. user-rpc-2 stops gracefully ({leave_how}, NOT_SERVING, grace, drain)");
+    let stopping = registry.leave(instances.remove(1))?;
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         table("user-rpc-2 leaving", &mut last);
     }
-    let (name, status) = stopping.await?;
-    let exited = matches!(status, Ok(Ok(s)) if s.success());
+    let (name, exited) = stopping.await?;
     let served_by_2 = snapshot().get("user-rpc-2").copied().unwrap_or(0);
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -259,7 +390,7 @@ async fn main() -> Result<()> {
     }
     println!("  total: {total} requests, {failed} failed");
     println!(
-        "  {name} exited {} after SIGTERM",
+        "  {name} exited {} after leaving",
         if exited { "cleanly" } else { "uncleanly" }
     );
     let fourth = totals.get("user-rpc-4").copied().unwrap_or(0);
@@ -269,10 +400,80 @@ async fn main() -> Result<()> {
         );
         std::process::exit(1);
     }
-    println!("OK: traffic followed etcd live, with no failed request");
+    println!("OK: traffic followed {source} live, with no failed request");
     drop(instances);
-    drop(etcd);
+    drop(registry);
     Ok(())
+}
+
+const NAMES: [&str; 4] = ["user-rpc-1", "user-rpc-2", "user-rpc-3", "user-rpc-4"];
+
+/// The live table of requests per instance: redrawn in place on a terminal, one line per
+/// second otherwise.
+struct Table {
+    started: Instant,
+    tty: bool,
+    /// Lines of the table on screen for the current step (0: none yet).
+    drawn: usize,
+    label: String,
+}
+
+impl Table {
+    fn new(started: Instant) -> Self {
+        use std::io::IsTerminal;
+        Self {
+            started,
+            tty: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            drawn: 0,
+            label: String::new(),
+        }
+    }
+
+    fn draw(
+        &mut self,
+        label: &str,
+        last: &BTreeMap<String, u64>,
+        now: &BTreeMap<String, u64>,
+        failed: u64,
+    ) {
+        let count = |m: &BTreeMap<String, u64>, name: &str| m.get(name).copied().unwrap_or(0);
+        let elapsed = self.started.elapsed().as_secs_f64();
+        if !self.tty {
+            let mut row = format!("[{elapsed:>5.1}s] {label:<28}");
+            for name in NAMES {
+                let n = count(now, name) - count(last, name);
+                row.push_str(&format!(" {name}={n:<6}"));
+            }
+            row.push_str(&format!(" failed={failed}"));
+            println!("{row}");
+            return;
+        }
+        if self.label != label {
+            self.label = label.to_owned();
+            self.drawn = 0;
+        }
+        let mut lines = vec![
+            format!("  [{elapsed:>5.1}s] {label}"),
+            format!("  {:<12} {:>8} {:>10}", "instance", "req/s", "total"),
+        ];
+        for name in NAMES {
+            let total = count(now, name);
+            let rate = total - count(last, name);
+            let bar = "#".repeat(usize::try_from(rate / 100).unwrap_or(0).min(40));
+            lines.push(format!("  {name:<12} {rate:>8} {total:>10}  {bar}"));
+        }
+        lines.push(format!("  {:<12} {:>8} {failed:>10}", "failed", ""));
+        let mut out = String::new();
+        if self.drawn > 0 {
+            out.push_str(&format!("\x1b[{}A", self.drawn));
+        }
+        for line in &lines {
+            out.push_str(line);
+            out.push_str("\x1b[K\n");
+        }
+        print!("{out}");
+        self.drawn = lines.len();
+    }
 }
 
 /// Waits until the gateway answers /healthz with 200.

@@ -22,22 +22,14 @@
 //! to see the DELETE, drains its RPCs and exits 0.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use switchboard::Server;
 use switchboard::resolver::EtcdConfig;
-use switchboard_examples::user::user_server::{User, UserServer};
-use switchboard_examples::user::{
-    Event, GetUserInfoRequest, LoginReply, LoginRequest, RegisterReply, RegisterRequest, UserInfo,
-    WatchEventsRequest,
-};
-use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use switchboard_examples::service::UserService;
+use switchboard_examples::user::user_server::UserServer;
 
 #[derive(Parser, Debug)]
 #[command(about = "The demo user.rpc service, registered in etcd")]
@@ -101,89 +93,6 @@ fn settings(args: &Args) -> Result<(SocketAddr, String, String)> {
     ))
 }
 
-struct UserService {
-    name: String,
-    next_id: AtomicI64,
-}
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl User for UserService {
-    async fn register(
-        &self,
-        request: Request<RegisterRequest>,
-    ) -> Result<Response<RegisterReply>, Status> {
-        if request.get_ref().username.is_empty() {
-            return Err(Status::invalid_argument("username is empty"));
-        }
-        Ok(Response::new(RegisterReply {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            instance: self.name.clone(),
-        }))
-    }
-
-    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
-        let username = &request.get_ref().username;
-        if username.is_empty() {
-            return Err(Status::invalid_argument("username is empty"));
-        }
-        Ok(Response::new(LoginReply {
-            id: 1,
-            token: format!("token-for-{username}"),
-            instance: self.name.clone(),
-        }))
-    }
-
-    async fn get_user_info(
-        &self,
-        request: Request<GetUserInfoRequest>,
-    ) -> Result<Response<UserInfo>, Status> {
-        let id = request.get_ref().id;
-        Ok(Response::new(UserInfo {
-            id,
-            username: format!("user-{id}"),
-            instance: self.name.clone(),
-        }))
-    }
-
-    type WatchEventsStream = EventStream;
-
-    async fn watch_events(
-        &self,
-        request: Request<WatchEventsRequest>,
-    ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let WatchEventsRequest {
-            count, interval_ms, ..
-        } = request.into_inner();
-        let name = self.name.clone();
-        let interval = Duration::from_millis(u64::from(interval_ms.min(60_000)));
-        let stream = async_stream(count.min(10_000), interval, name);
-        Ok(Response::new(Box::pin(stream)))
-    }
-}
-
-/// `count` events, `interval` apart.
-fn async_stream(
-    count: u32,
-    interval: Duration,
-    instance: String,
-) -> impl Stream<Item = Result<Event, Status>> {
-    let instance = Arc::new(instance);
-    tokio_stream::StreamExt::then(tokio_stream::iter(1..=u64::from(count)), move |seq| {
-        let instance = instance.clone();
-        async move {
-            if seq > 1 {
-                tokio::time::sleep(interval).await;
-            }
-            Ok(Event {
-                seq,
-                instance: instance.to_string(),
-            })
-        }
-    })
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -195,10 +104,7 @@ async fn main() -> Result<()> {
         .init();
     let args = Args::parse();
     let (listen, etcd, key) = settings(&args)?;
-    let service = UserService {
-        name: args.name.clone(),
-        next_id: AtomicI64::new(1),
-    };
+    let service = UserService::new(&args.name);
     let mut server = Server::builder()
         .etcd(EtcdConfig::from_hosts(&etcd)?, key)
         .listen(listen)

@@ -1,0 +1,329 @@
+//! End to end, as a gateway sees it: a real etcd, `user-rpc` processes that register
+//! themselves, and the gateway's typed client built from a client config.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use switchboard::{CallOptions, Client, ClientConfig};
+use switchboard_examples::gateway::User;
+use switchboard_examples::user::GetUserInfoRequest;
+use switchboard_testkit::{BlackHoleServer, Etcd};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::Code;
+
+/// A `user-rpc` process, killed when dropped.
+struct UserRpc {
+    child: Child,
+    /// The address it registered.
+    addr: String,
+}
+
+impl UserRpc {
+    async fn start(name: &str, etcd: &Etcd) -> Result<Self> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_user-rpc"))
+            .args(["--name", name, "--listen", "127.0.0.1:0", "--etcd"])
+            .arg(etcd.hosts())
+            .args(["--key", "user.rpc", "--grace", "500ms"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if line.starts_with("registered ") {
+                    return Ok(line);
+                }
+            }
+            bail!("{name} exited before registering")
+        })
+        .await
+        .with_context(|| format!("{name} did not register within 30 s"))??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let addr = line
+            .split_whitespace()
+            .nth(1)
+            .context("registered ADDR")?
+            .to_owned();
+        Ok(Self { child, addr })
+    }
+
+    fn signal(&self, signal: Signal) -> Result<()> {
+        let pid = self.child.id().context("exited")?;
+        kill(Pid::from_raw(i32::try_from(pid)?), signal)?;
+        Ok(())
+    }
+}
+
+async fn three(etcd: &Etcd) -> Result<Vec<UserRpc>> {
+    let mut instances = Vec::new();
+    for name in ["u1", "u2", "u3"] {
+        instances.push(UserRpc::start(name, etcd).await?);
+    }
+    Ok(instances)
+}
+
+async fn client(etcd: &Etcd) -> Result<(Client, User)> {
+    let yaml = format!(
+        "Etcd: {{Hosts: [{}], Key: user.rpc}}\nTimeout: 5s\n",
+        etcd.hosts()
+    );
+    let client = Client::connect(ClientConfig::from_yaml(&yaml)?).await?;
+    let users = User::new(&client);
+    Ok((client, users))
+}
+
+/// Waits until the client's balancer has `n` READY sub-channels.
+async fn ready(client: &Client, n: usize) -> Result<()> {
+    let mut state = client.balancer().watch_state();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while client.balancer().snapshot().ready() != n {
+            // The aggregate state may not change; poll the snapshot between its changes.
+            let _ = tokio::time::timeout(Duration::from_millis(20), state.changed()).await;
+        }
+    })
+    .await
+    .with_context(|| format!("{n} READY sub-channels: {:?}", client.balancer().snapshot()))
+}
+
+/// Calls from `callers` tasks until `stop`, at most 60 s; replies by instance, failures by code.
+struct Loop {
+    stop: Arc<AtomicBool>,
+    served: Arc<Mutex<BTreeMap<String, u64>>>,
+    failed: Arc<Mutex<BTreeMap<String, u64>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Loop {
+    fn start(users: &User, callers: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(Mutex::new(BTreeMap::new()));
+        let failed = Arc::new(Mutex::new(BTreeMap::new()));
+        let tasks = (0..callers)
+            .map(|_| {
+                let (users, stop) = (users.clone(), stop.clone());
+                let (served, failed) = (served.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let until = Instant::now() + Duration::from_secs(60);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                        let (map, key) =
+                            match users.get_user_info(GetUserInfoRequest { id: 1 }).await {
+                                Ok(reply) => (&served, reply.instance),
+                                Err(status) => (
+                                    &failed,
+                                    format!("{:?}: {}", status.code(), status.message()),
+                                ),
+                            };
+                        *map.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(key)
+                            .or_default() += 1;
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            served,
+            failed,
+            tasks,
+        }
+    }
+
+    fn served(&self) -> BTreeMap<String, u64> {
+        self.served
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until `instance` served `n` more calls than it has now.
+    async fn until_served(&self, instance: &str, n: u64) -> Result<()> {
+        let start = self.served().get(instance).copied().unwrap_or(0);
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while self.served().get(instance).copied().unwrap_or(0) < start + n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .with_context(|| format!("{instance} served {n} calls"))
+    }
+
+    async fn stop(self) -> Result<(BTreeMap<String, u64>, BTreeMap<String, u64>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await?;
+        }
+        let failed = self
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let served = self
+            .served
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Ok((served, failed))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_over_three_registered_instances_is_even_within_one() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let _instances = three(&etcd).await?;
+    let (client, users) = client(&etcd).await?;
+    ready(&client, 3).await?;
+
+    let mut served: BTreeMap<String, u64> = BTreeMap::new();
+    for _ in 0..300 {
+        let reply = users.get_user_info(GetUserInfoRequest { id: 1 }).await?;
+        *served.entry(reply.instance).or_default() += 1;
+    }
+    assert_eq!(served.len(), 3, "{served:?}");
+    for n in served.values() {
+        assert!((99..=101).contains(n), "{served:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_instance_takes_traffic_within_100_ms_and_a_removed_one_none() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let _instances = three(&etcd).await?;
+    let (client, users) = client(&etcd).await?;
+    ready(&client, 3).await?;
+    let calls = Loop::start(&users, 2);
+
+    // A fourth server, up but not registered yet: its registration is what is timed.
+    let fourth = switchboard_testkit::TestServer::start("u4").await?;
+    let mut kv = etcd.client().await?;
+    let registered = Instant::now();
+    kv.put("user.rpc/u4", fourth.addr().to_string(), None)
+        .await?;
+    calls.until_served("u4", 1).await?;
+    let first = registered.elapsed();
+    assert!(
+        first < Duration::from_millis(100),
+        "first call after {first:?}"
+    );
+
+    // Its DELETE applied (it left the snapshot), it gets no call.
+    kv.delete("user.rpc/u4", None).await?;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while client
+            .balancer()
+            .snapshot()
+            .by_addr(&fourth.addr().to_string())
+            .is_some()
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await?;
+    let after_delete = fourth.served();
+    calls.until_served("u1", 100).await?;
+    let (_, failed) = calls.stop().await?;
+    assert_eq!(
+        fourth.served(),
+        after_delete,
+        "calls after the DELETE was applied"
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_call_loop_fails_no_call() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let mut instances = three(&etcd).await?;
+    let (client, users) = client(&etcd).await?;
+    ready(&client, 3).await?;
+    let calls = Loop::start(&users, 4);
+    calls.until_served("u2", 50).await?;
+
+    let mut leaving = instances.remove(1);
+    leaving.signal(Signal::SIGTERM)?;
+    let status = tokio::time::timeout(Duration::from_secs(30), leaving.child.wait()).await??;
+    assert!(status.success(), "{status}");
+    calls.until_served("u1", 200).await?;
+    let (served, failed) = calls.stop().await?;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(served["u3"] > 0, "{served:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_call_loop_fails_no_call_with_the_default_retries() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let mut instances = three(&etcd).await?;
+    let (client, users) = client(&etcd).await?;
+    ready(&client, 3).await?;
+    let calls = Loop::start(&users, 4);
+    calls.until_served("u2", 50).await?;
+
+    let mut killed = instances.remove(1);
+    killed.signal(Signal::SIGKILL)?;
+    killed.child.wait().await?;
+    // Until its lease expires its key stays: the client must route around it on its own.
+    calls.until_served("u1", 300).await?;
+    let (_, failed) = calls.stop().await?;
+    assert!(failed.is_empty(), "{failed:?}");
+    let snapshot = client.balancer().snapshot();
+    assert_ne!(
+        snapshot.by_addr(&killed.addr).map(|s| s.state),
+        Some(switchboard::balancer::ConnectivityState::Ready),
+        "{snapshot:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_cluster_fails_with_deadline_exceeded_at_the_deadline() -> Result<()> {
+    let holes = [
+        BlackHoleServer::start().await?,
+        BlackHoleServer::start().await?,
+    ];
+    let config = ClientConfig::from_yaml(&format!(
+        "Endpoints: [{}, {}]\nNonBlock: true\n",
+        holes[0].addr(),
+        holes[1].addr()
+    ))?;
+    let client = Client::connect(config).await?;
+    let users = User::new(&client);
+    let deadline = Duration::from_millis(300);
+
+    let started = Instant::now();
+    let status = users
+        .with(CallOptions::new().timeout(deadline))
+        .get_user_info(GetUserInfoRequest { id: 1 })
+        .await
+        .expect_err("no instance ever answers");
+    let took = started.elapsed();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(took >= deadline, "{took:?}");
+    assert!(took <= deadline + Duration::from_millis(50), "{took:?}");
+    Ok(())
+}
+
+#[test]
+fn a_bad_config_is_refused_with_the_field_named() {
+    let error =
+        ClientConfig::from_yaml("Etcd: {Hosts: [], Key: user.rpc}\n").expect_err("no hosts");
+    assert!(error.to_string().contains("Etcd.Hosts"), "{error}");
+    let error = ClientConfig::from_yaml("Endpoints: [127.0.0.1:1]\nPolicy: fastest\n")
+        .expect_err("no such policy");
+    assert!(error.to_string().contains("fastest"), "{error}");
+    let error = ClientConfig::from_yaml("Endpoints: [127.0.0.1:1]\nKeepaliveTime: 0s\n")
+        .expect_err("zero keepalive");
+    assert!(error.to_string().contains("KeepaliveTime"), "{error}");
+}
