@@ -1,10 +1,14 @@
 //! The gateway's routes: REST/JSON in front of `user.rpc`, through a typed switchboard client.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use clap::Parser;
 use serde::Deserialize;
 use serde_json::json;
 use switchboard::Client;
@@ -13,6 +17,27 @@ use tonic::Code;
 use crate::user::{
     GetUserInfoRequest, LoginReply, LoginRequest, RegisterReply, RegisterRequest, UserInfo,
 };
+
+/// The command line of `gateway`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "gateway",
+    about = "An HTTP gateway in front of user.rpc, balanced by switchboard"
+)]
+pub struct Args {
+    /// Address to serve HTTP on.
+    #[arg(long, default_value = "127.0.0.1:8888", env = "GATEWAY_LISTEN")]
+    pub listen: SocketAddr,
+    /// A client config file (YAML, TOML or JSON) for user.rpc.
+    #[arg(long, conflicts_with_all = ["etcd", "key"])]
+    pub user_rpc: Option<PathBuf>,
+    /// etcd members (comma-separated), instead of a config file.
+    #[arg(long, env = "ETCD_HOSTS")]
+    pub etcd: Option<String>,
+    /// The key prefix user.rpc registers under.
+    #[arg(long, default_value = "user.rpc")]
+    pub key: String,
+}
 
 switchboard::typed_client! {
     /// The user.rpc service, as the gateway calls it.

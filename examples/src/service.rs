@@ -1,10 +1,13 @@
 //! The demo `User` service, as `user-rpc` serves it.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use anyhow::{Context as _, Result};
+use clap::Parser;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -13,6 +16,75 @@ use crate::user::{
     Event, GetUserInfoRequest, LoginReply, LoginRequest, RegisterReply, RegisterRequest, UserInfo,
     WatchEventsRequest,
 };
+
+/// The command line of `user-rpc`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "user-rpc",
+    about = "The demo user.rpc service, registered in etcd"
+)]
+pub struct Args {
+    /// A go-zero-style server config (YAML): `ListenOn`, `Etcd: {Hosts, Key}`.
+    #[arg(long, conflicts_with_all = ["listen", "etcd", "key"])]
+    pub config: Option<std::path::PathBuf>,
+    /// The instance's name, carried by every reply.
+    #[arg(long, env = "INSTANCE_NAME", default_value = "user-rpc")]
+    pub name: String,
+    /// Address to serve on (port 0: a free one).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// etcd members, comma-separated.
+    #[arg(long, env = "ETCD_HOSTS")]
+    pub etcd: Option<String>,
+    /// The key prefix to register under.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// The address clients should dial (default: POD_IP, else the first non-loopback address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// How long to wait, after deregistering, for clients to see it (`2s`, `500ms`).
+    #[arg(long, default_value = "2s", value_parser = crate::parse_duration)]
+    pub grace: Duration,
+}
+
+/// go-zero's `RpcServerConf`, the fields this server uses.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ServerConfig {
+    listen_on: SocketAddr,
+    etcd: EtcdSection,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct EtcdSection {
+    hosts: Vec<String>,
+    key: String,
+}
+
+impl Args {
+    /// Where to listen, which etcd, and which key: from the config file, or the flags.
+    pub fn settings(&self) -> Result<(SocketAddr, String, String)> {
+        let args = self;
+        if let Some(path) = &args.config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let config: ServerConfig = serde_norway::from_str(&text)
+                .with_context(|| format!("{}: not a server config", path.display()))?;
+            return Ok((
+                config.listen_on,
+                config.etcd.hosts.join(","),
+                config.etcd.key,
+            ));
+        }
+        Ok((
+            args.listen
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
+            args.etcd.clone().unwrap_or_else(|| "127.0.0.1:2379".into()),
+            args.key.clone().unwrap_or_else(|| "user.rpc".into()),
+        ))
+    }
+}
 
 /// The `User` service; every reply names the instance.
 #[derive(Debug)]

@@ -11,29 +11,10 @@
 //! one entry per sub-channel, as JSON). gRPC errors become HTTP statuses: UNAVAILABLE → 503,
 //! DEADLINE_EXCEEDED → 504, INVALID_ARGUMENT → 400, NOT_FOUND → 404, others → 500.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use switchboard::{Client, ClientConfig};
-
-#[derive(Parser, Debug)]
-#[command(about = "An HTTP gateway in front of user.rpc, balanced by switchboard")]
-struct Args {
-    /// Address to serve HTTP on.
-    #[arg(long, default_value = "127.0.0.1:8888", env = "GATEWAY_LISTEN")]
-    listen: SocketAddr,
-    /// A client config file (YAML, TOML or JSON) for user.rpc.
-    #[arg(long, conflicts_with_all = ["etcd", "key"])]
-    user_rpc: Option<PathBuf>,
-    /// etcd members (comma-separated), instead of a config file.
-    #[arg(long, env = "ETCD_HOSTS")]
-    etcd: Option<String>,
-    /// The key prefix user.rpc registers under.
-    #[arg(long, default_value = "user.rpc")]
-    key: String,
-}
+use switchboard_examples::gateway::Args;
 
 #[tokio::main]
 async fn main() -> Result<()> {

@@ -1,0 +1,154 @@
+//! The docker-compose cluster, checked without a Docker engine: the file parses, every build
+//! context has its Dockerfile, the image builds the programs the services run, every command
+//! line parses as that program's flags, and the README's curl commands reach the published port.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde_norway::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn compose() -> Result<Value> {
+    let text = std::fs::read_to_string(root().join("docker-compose.yml"))?;
+    let mut compose: Value = serde_norway::from_str(&text).context("docker-compose.yml")?;
+    compose.apply_merge()?;
+    Ok(compose)
+}
+
+fn strings(value: &Value) -> Result<Vec<String>> {
+    value
+        .as_sequence()
+        .context("a list")?
+        .iter()
+        .map(|v| v.as_str().map(str::to_owned).context("a string"))
+        .collect()
+}
+
+#[test]
+fn every_service_builds_from_this_repository_and_runs_a_program_with_valid_flags() -> Result<()> {
+    let compose = compose()?;
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile"))?;
+    let services = compose
+        .get("services")
+        .and_then(Value::as_mapping)
+        .context("services")?;
+    let mut programs = BTreeSet::new();
+    let mut names = BTreeSet::new();
+    for (name, service) in services {
+        let name = name.as_str().context("service name")?;
+        names.insert(name.to_owned());
+        if let Some(build) = service.get("build") {
+            let (context, file) = match build {
+                Value::String(context) => (context.clone(), "Dockerfile".to_owned()),
+                other => (
+                    other
+                        .get("context")
+                        .and_then(Value::as_str)
+                        .unwrap_or(".")
+                        .to_owned(),
+                    other
+                        .get("dockerfile")
+                        .and_then(Value::as_str)
+                        .unwrap_or("Dockerfile")
+                        .to_owned(),
+                ),
+            };
+            let dir = root().join(&context);
+            assert!(
+                dir.is_dir(),
+                "{name}: build context {context} is no directory"
+            );
+            assert!(dir.join(&file).is_file(), "{name}: no {file} in {context}");
+        } else {
+            assert!(
+                service.get("image").is_some(),
+                "{name}: neither build nor image"
+            );
+            continue;
+        }
+        let command = strings(service.get("command").context("command")?)?;
+        let program = command.first().context("empty command")?.clone();
+        match program.as_str() {
+            "user-rpc" => {
+                let args = switchboard_examples::service::Args::try_parse_from(&command)
+                    .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+                let (_, etcd, key) = args.settings()?;
+                assert_eq!(
+                    (etcd.as_str(), key.as_str()),
+                    ("etcd:2379", "user.rpc"),
+                    "{name}"
+                );
+                assert_eq!(args.name, name, "replies name the service");
+            }
+            "gateway" => {
+                let args = switchboard_examples::gateway::Args::try_parse_from(&command)
+                    .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+                assert_eq!(args.etcd.as_deref(), Some("etcd:2379"));
+                let port = args.listen.port();
+                let published = strings(service.get("ports").context("gateway ports")?)?;
+                assert!(
+                    published.contains(&format!("{port}:{port}")),
+                    "gateway listens on {port} but publishes {published:?}"
+                );
+                let readme = std::fs::read_to_string(root().join("README.md"))?;
+                assert!(
+                    readme.contains(&format!("curl localhost:{port}/api/user/1")),
+                    "the README's curl commands use another port than {port}"
+                );
+            }
+            other => bail!("{name}: runs {other}, which is no example program"),
+        }
+        assert!(
+            dockerfile.contains(&format!("--bin {program}"))
+                && dockerfile.contains(&format!("/src/target/release/{program}")),
+            "the Dockerfile does not build and install {program}"
+        );
+        programs.insert(program);
+    }
+    assert_eq!(
+        programs.into_iter().collect::<Vec<_>>(),
+        ["gateway", "user-rpc"]
+    );
+    for needed in ["etcd", "user-rpc-1", "user-rpc-2", "user-rpc-3", "gateway"] {
+        assert!(names.contains(needed), "no {needed} service");
+    }
+    assert!(dockerfile.contains("cargo build --release -p switchboard-examples"));
+    Ok(())
+}
+
+#[test]
+fn the_services_wait_for_a_healthy_etcd_and_leave_gracefully() -> Result<()> {
+    let compose = compose()?;
+    let services = compose.get("services").context("services")?;
+    let etcd = services.get("etcd").context("etcd")?;
+    assert!(
+        etcd.get("healthcheck").is_some(),
+        "etcd has no health check"
+    );
+    for name in ["user-rpc-1", "user-rpc-2", "user-rpc-3", "gateway"] {
+        let service = services.get(name).context(name.to_owned())?;
+        let condition = service
+            .get("depends_on")
+            .and_then(|d| d.get("etcd"))
+            .and_then(|e| e.get("condition"))
+            .and_then(Value::as_str);
+        assert_eq!(condition, Some("service_healthy"), "{name}");
+    }
+    for name in ["user-rpc-1", "user-rpc-2", "user-rpc-3"] {
+        let service = services.get(name).context(name.to_owned())?;
+        assert_eq!(
+            service.get("stop_signal").and_then(Value::as_str),
+            Some("SIGTERM"),
+            "{name}"
+        );
+    }
+    Ok(())
+}
