@@ -51,6 +51,7 @@ pub struct Builder {
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsConfig>,
     seed: Option<u64>,
+    health_check: Option<String>,
 }
 
 impl Default for Builder {
@@ -71,6 +72,7 @@ impl Default for Builder {
             #[cfg(feature = "tls")]
             tls: None,
             seed: None,
+            health_check: None,
         }
     }
 }
@@ -176,6 +178,14 @@ impl Builder {
         self
     }
 
+    /// Checks the health of every READY connection with `grpc.health.v1.Health/Watch` for
+    /// `service` (`""`: the server as a whole), and picks it only while SERVING (gRFC A17).
+    /// Servers without the health service count as healthy. Defaults to off.
+    pub fn health_check(mut self, service: Option<String>) -> Self {
+        self.health_check = service;
+        self
+    }
+
     /// Seeds every random choice (picker start, p2c, backoff jitter), for reproducible tests.
     /// Defaults to a seed from the OS.
     pub fn seed(mut self, seed: u64) -> Self {
@@ -232,6 +242,7 @@ impl Builder {
             subchannel: Settings {
                 keepalive: self.keepalive,
                 drain_timeout: self.drain_timeout,
+                health_check: self.health_check.clone(),
             },
             rtt_decay: self.rtt_decay,
             seed: self.seed,

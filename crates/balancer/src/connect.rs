@@ -52,6 +52,20 @@ pub(crate) trait Connector: Send + Sync + 'static {
         addr: &str,
         keepalive: Option<Duration>,
     ) -> BoxFuture<Result<Connection<Self::Sender>, String>>;
+
+    /// Opens `grpc.health.v1.Health/Watch` for `service` on an established connection
+    /// (gRFC A17). Without an implementation, servers do not implement it: healthy.
+    fn watch_health(
+        &self,
+        sender: &Self::Sender,
+        authority: &Authority,
+        service: &str,
+    ) -> crate::health::WatchStream {
+        let _ = (sender, authority, service);
+        Box::pin(futures_util::stream::iter([Err(
+            tonic::Status::unimplemented("no health service"),
+        )]))
+    }
 }
 
 /// Socket and HTTP/2 options of every connection.
@@ -103,6 +117,15 @@ impl Connector for HttpConnector {
         let options = self.options.clone();
         let addr = addr.to_owned();
         Box::pin(async move { connect(&options, &addr, keepalive).await })
+    }
+
+    fn watch_health(
+        &self,
+        sender: &Sender,
+        authority: &Authority,
+        service: &str,
+    ) -> crate::health::WatchStream {
+        crate::health::watch(sender, self.scheme(), authority, service)
     }
 }
 

@@ -134,6 +134,8 @@ impl<S> Inner<S> {
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64),
                     last_error: info.last_error,
+                    health: info.health,
+                    ejected: m.ejected.load(Ordering::Relaxed),
                 }
             })
             .collect();

@@ -45,6 +45,7 @@ mod balancer;
 mod builder;
 mod connect;
 mod error;
+mod health;
 mod inner;
 mod io;
 pub mod picker;
@@ -62,6 +63,7 @@ pub use balancer::{
 };
 pub use builder::Builder;
 pub use error::Error;
+pub use health::Health;
 pub use picker::Policy;
 pub use snapshot::{ChannelSnapshot, SubchannelSnapshot};
 pub use state::ConnectivityState;

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::health::Health;
 use crate::state::ConnectivityState;
 
 /// The state of a balanced channel and of each of its sub-channels.
@@ -39,8 +40,12 @@ pub struct SubchannelSnapshot {
     pub connects: u64,
     /// When its state last changed, in milliseconds since the Unix epoch.
     pub last_state_change_ms: u64,
-    /// The last connection error, if any.
+    /// The last connection or health-check error, if any.
     pub last_error: Option<String>,
+    /// What its health check says (`UNCHECKED` when health checking is off).
+    pub health: Health,
+    /// Whether outlier detection has ejected it for now.
+    pub ejected: bool,
 }
 
 impl ChannelSnapshot {

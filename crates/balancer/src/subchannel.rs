@@ -34,6 +34,7 @@ use tracing::{debug, info, trace};
 
 use crate::backoff::Backoff;
 use crate::connect::{Closed, Connection, Connector};
+use crate::health::Health;
 use crate::picker::{Endpoint, PeakEwma};
 use crate::state::ConnectivityState;
 
@@ -50,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) failed: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) rtt: PeakEwma,
+    /// Ejected by outlier detection.
+    pub(crate) ejected: AtomicBool,
     draining: AtomicBool,
     idle: Notify,
     pub(crate) info: Mutex<Info>,
@@ -62,6 +65,7 @@ pub(crate) struct Info {
     pub(crate) since: SystemTime,
     pub(crate) last_error: Option<String>,
     pub(crate) connects: u64,
+    pub(crate) health: Health,
 }
 
 impl Shared {
@@ -82,6 +86,7 @@ impl Shared {
             failed: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             rtt: PeakEwma::new(rtt_decay),
+            ejected: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             idle: Notify::new(),
             info: Mutex::new(Info {
@@ -89,6 +94,7 @@ impl Shared {
                 since: SystemTime::now(),
                 last_error: None,
                 connects: 0,
+                health: Health::Unchecked,
             }),
         }
     }
@@ -100,7 +106,7 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner().clone())
     }
 
-    fn update_info(&self, f: impl FnOnce(&mut Info)) {
+    pub(crate) fn update_info(&self, f: impl FnOnce(&mut Info)) {
         let mut info = self.info.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut info);
     }
@@ -170,13 +176,26 @@ impl<S: Send + Sync> Endpoint for Ready<S> {
     }
 }
 
-/// A state change, reported to the balancer.
+/// What a sub-channel reports to the balancer.
 #[derive(Debug)]
-pub(crate) struct Event<S> {
-    pub(crate) id: u64,
-    pub(crate) state: ConnectivityState,
-    /// The connection, when `state` is READY.
-    pub(crate) ready: Option<Ready<S>>,
+pub(crate) enum Event<S> {
+    /// A state change.
+    State {
+        id: u64,
+        state: ConnectivityState,
+        /// The connection, when `state` is READY.
+        ready: Option<Ready<S>>,
+    },
+    /// A change of health of its READY connection.
+    Health { id: u64, health: Health },
+}
+
+impl<S> Event<S> {
+    pub(crate) fn id(&self) -> u64 {
+        match self {
+            Self::State { id, .. } | Self::Health { id, .. } => *id,
+        }
+    }
 }
 
 /// Settings of a sub-channel's task.
@@ -184,6 +203,8 @@ pub(crate) struct Event<S> {
 pub(crate) struct Settings {
     pub(crate) keepalive: Option<Duration>,
     pub(crate) drain_timeout: Duration,
+    /// The service whose health to watch on every READY connection (gRFC A17), if any.
+    pub(crate) health_check: Option<String>,
 }
 
 /// The task that keeps one sub-channel connected until it is told to drain.
@@ -196,6 +217,7 @@ pub(crate) struct Driver<C: Connector> {
     backoff: Backoff,
     keepalive: Option<Duration>,
     drain_timeout: Duration,
+    health_check: Option<String>,
     state: ConnectivityState,
 }
 
@@ -225,6 +247,7 @@ impl<C: Connector> Driver<C> {
             backoff,
             keepalive: settings.keepalive,
             drain_timeout: settings.drain_timeout,
+            health_check: settings.health_check,
             state: ConnectivityState::Idle,
         }
     }
@@ -306,6 +329,8 @@ impl<C: Connector> Driver<C> {
             mut closed,
             abort,
         } = conn;
+        let health = self.watch_health(&sender);
+        tokio::pin!(health);
         let ready = Ready(Arc::new(ReadyConn {
             sub: self.shared.clone(),
             sender,
@@ -316,6 +341,7 @@ impl<C: Connector> Driver<C> {
             biased;
             () = drain_requested(&mut self.drain) => None,
             how = &mut closed => Some(how),
+            never = &mut health => match never {},
         };
         match how {
             // Dropping the balancer's senders on removal also ends the dispatch: that is a
@@ -327,6 +353,57 @@ impl<C: Connector> Driver<C> {
                 self.shutdown();
                 Served::Drained
             }
+        }
+    }
+
+    /// The health reports of a READY connection, for as long as it is polled: nothing when
+    /// health checking is off.
+    fn watch_health(
+        &self,
+        sender: &C::Sender,
+    ) -> impl std::future::Future<Output = std::convert::Infallible> + use<C> {
+        let watch = self.health_check.clone().map(|service| {
+            let connector = self.connector.clone();
+            let sender = sender.clone();
+            let authority = self.authority.clone();
+            let shared = self.shared.clone();
+            let events = self.events.clone();
+            let backoff = *self.backoff.config();
+            (
+                connector, sender, authority, service, shared, events, backoff,
+            )
+        });
+        async move {
+            let Some((connector, sender, authority, service, shared, events, backoff)) = watch
+            else {
+                return std::future::pending().await;
+            };
+            shared.update_info(|i| i.health = Health::Unknown);
+            let addr = shared.addr.clone();
+            crate::health::run(
+                || connector.watch_health(&sender, &authority, &service),
+                backoff,
+                &addr,
+                |health, why| {
+                    let changed = {
+                        let mut info = shared.info.lock().unwrap_or_else(|e| e.into_inner());
+                        let changed = info.health != health;
+                        info.health = health;
+                        if let Some(why) = why {
+                            info.last_error = Some(why);
+                        }
+                        changed
+                    };
+                    if changed {
+                        debug!(addr = %shared.addr, %health, "sub-channel health");
+                        let _ = events.send(Event::Health {
+                            id: shared.id,
+                            health,
+                        });
+                    }
+                },
+            )
+            .await
         }
     }
 
@@ -400,16 +477,22 @@ impl<C: Connector> Driver<C> {
             }
             (None, _) => trace!(addr = %self.shared.addr, %from, %next, "sub-channel state"),
         }
+        let checking = self.health_check.is_some();
         self.shared.update_info(|i| {
             if i.state != next {
                 i.since = SystemTime::now();
             }
             i.state = next;
+            i.health = match (checking, next) {
+                (false, _) => Health::Unchecked,
+                (true, ConnectivityState::Ready) => i.health,
+                (true, _) => Health::Unknown,
+            };
             if let Some(e) = error {
                 i.last_error = Some(e);
             }
         });
-        let _ = self.events.send(Event {
+        let _ = self.events.send(Event::State {
             id: self.shared.id,
             state: next,
             ready,

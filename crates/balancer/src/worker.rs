@@ -14,6 +14,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::backoff::Backoff;
 use crate::builder::Config;
 use crate::connect::{Connector, authority};
+use crate::health::Health;
 use crate::inner::{Inner, Snapshot};
 use crate::picker::Policy;
 use crate::state::ConnectivityState;
@@ -25,6 +26,8 @@ struct Sub<S> {
     drain: watch::Sender<bool>,
     state: ConnectivityState,
     ready: Option<Ready<S>>,
+    /// Its connection's health (gRFC A17).
+    health: Health,
     /// Its first connection attempt is over (it was READY or failed at least once).
     settled: bool,
 }
@@ -32,6 +35,22 @@ struct Sub<S> {
 impl<S> Sub<S> {
     fn id(&self) -> u64 {
         self.shared.id
+    }
+
+    /// Its connection, if it may be picked: READY and, when health is checked, SERVING.
+    fn pickable(&self) -> Option<&Ready<S>> {
+        self.ready.as_ref().filter(|_| self.health.is_pickable())
+    }
+
+    /// Its state as the channel's aggregate sees it: a READY connection whose health check
+    /// has not answered yet counts as CONNECTING, and an unhealthy one as
+    /// TRANSIENT_FAILURE, as gRFC A17 has the health check report them.
+    fn effective_state(&self) -> ConnectivityState {
+        match (self.state, self.health) {
+            (ConnectivityState::Ready, Health::Unknown) => ConnectivityState::Connecting,
+            (ConnectivityState::Ready, Health::NotServing) => ConnectivityState::TransientFailure,
+            (state, _) => state,
+        }
     }
 }
 
@@ -250,6 +269,7 @@ impl<C: Connector> Worker<C> {
             drain,
             state: ConnectivityState::Idle,
             ready: None,
+            health: self.initial_health(),
             settled: false,
         })
     }
@@ -270,47 +290,80 @@ impl<C: Connector> Worker<C> {
         self.dirty = true;
     }
 
+    /// The health of a sub-channel whose connection is not READY (yet).
+    fn initial_health(&self) -> Health {
+        if self.config.subchannel.health_check.is_some() {
+            Health::Unknown
+        } else {
+            Health::Unchecked
+        }
+    }
+
     fn on_event(&mut self, event: Event<C::Sender>) {
         self.dirty = true;
-        if event.state == ConnectivityState::TransientFailure {
-            if let Some(shared) = self.find(event.id) {
+        let id = event.id();
+        let failed = match &event {
+            Event::State { state, .. } => *state == ConnectivityState::TransientFailure,
+            Event::Health { health, .. } => *health == Health::NotServing,
+        };
+        if failed {
+            if let Some(shared) = self.find(id) {
                 if let Some(e) = shared.info().last_error {
                     self.last_error = Some(format!("{}: {e}", shared.addr));
                 }
             }
         }
-        let Some(key) = self.keys.get(&event.id).cloned() else {
-            if event.state == ConnectivityState::Shutdown
-                && self.draining.remove(&event.id).is_some()
+        let Some(key) = self.keys.get(&id).cloned() else {
+            if matches!(
+                event,
+                Event::State {
+                    state: ConnectivityState::Shutdown,
+                    ..
+                }
+            ) && self.draining.remove(&id).is_some()
             {
                 self.members_dirty = true;
             }
             return;
         };
+        let initial_health = self.initial_health();
         let Some(slot) = self.slots.get_mut(&key) else {
             return;
         };
-        let is_current = slot.current.id() == event.id;
+        let is_current = slot.current.id() == id;
         let sub = if is_current {
             &mut slot.current
         } else {
             match slot.previous.as_mut() {
-                Some(p) if p.id() == event.id => p,
+                Some(p) if p.id() == id => p,
                 _ => return,
             }
         };
-        if sub.ready.is_some() || event.ready.is_some() {
+        let was_pickable = sub.pickable().is_some();
+        match event {
+            Event::State { state, ready, .. } => {
+                sub.state = state;
+                sub.ready = ready;
+                if state != ConnectivityState::Ready {
+                    sub.health = initial_health;
+                }
+                if matches!(
+                    state,
+                    ConnectivityState::Ready | ConnectivityState::TransientFailure
+                ) {
+                    sub.settled = true;
+                }
+            }
+            Event::Health { health, .. } => {
+                info!(key = %sub.shared.key, addr = %sub.shared.addr, %health, "instance health");
+                sub.health = health;
+            }
+        }
+        let pickable = sub.pickable().is_some();
+        if was_pickable || pickable {
             self.ready_dirty = true;
         }
-        sub.state = event.state;
-        sub.ready = event.ready;
-        if matches!(
-            event.state,
-            ConnectivityState::Ready | ConnectivityState::TransientFailure
-        ) {
-            sub.settled = true;
-        }
-        let replaced = if is_current && sub.state == ConnectivityState::Ready {
+        let replaced = if is_current && pickable {
             slot.previous.take()
         } else {
             None
@@ -356,7 +409,8 @@ impl<C: Connector> Worker<C> {
             ConnectivityState::Connecting
         } else {
             ConnectivityState::aggregate(self.slots.values().flat_map(|s| {
-                std::iter::once(s.current.state).chain(s.previous.as_ref().map(|p| p.state))
+                std::iter::once(s.current.effective_state())
+                    .chain(s.previous.as_ref().map(Sub::effective_state))
             }))
         };
         let ready_dirty = std::mem::take(&mut self.ready_dirty);
@@ -380,9 +434,9 @@ impl<C: Connector> Worker<C> {
             .values()
             .filter_map(|s| {
                 s.current
-                    .ready
-                    .clone()
-                    .or_else(|| s.previous.as_ref().and_then(|p| p.ready.clone()))
+                    .pickable()
+                    .or_else(|| s.previous.as_ref().and_then(Sub::pickable))
+                    .cloned()
             })
             .collect();
         if self.config.policy == Policy::PickFirst {
@@ -416,11 +470,11 @@ impl<C: Connector> Worker<C> {
     fn first_in_order(&self) -> Option<u64> {
         for slot in self.slots.values() {
             let sub = match (&slot.current, &slot.previous) {
-                (current, _) if current.ready.is_some() => current,
-                (_, Some(previous)) if previous.ready.is_some() => previous,
+                (current, _) if current.pickable().is_some() => current,
+                (_, Some(previous)) if previous.pickable().is_some() => previous,
                 (current, _) => current,
             };
-            if sub.ready.is_some() {
+            if sub.pickable().is_some() {
                 return Some(sub.id());
             }
             if !sub.settled {
@@ -448,3 +502,4 @@ impl<C: Connector> Worker<C> {
         }
     }
 }
+

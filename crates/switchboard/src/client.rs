@@ -125,10 +125,17 @@ impl Client {
             .as_ref()
             .and_then(|s| s.load_balancing_policy)
             .unwrap_or(config.policy);
+        let health_check = config.health_check.clone().or_else(|| {
+            service_config
+                .as_ref()
+                .and_then(|s| s.health_check_config.as_ref())
+                .map(|h| h.service_name.clone())
+        });
         let mut builder = Balancer::builder()
             .target(target)
             .policy(policy)
-            .wait_for_ready(config.wait_for_ready);
+            .wait_for_ready(config.wait_for_ready)
+            .health_check(health_check);
         if let Some(k) = config.keepalive_time {
             builder = builder.keepalive(Some(k));
         }

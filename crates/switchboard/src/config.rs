@@ -91,6 +91,11 @@ pub struct ClientConfig {
     /// Whether RPCs wait for a READY instance instead of failing while all have failed.
     #[serde(default, alias = "wait_for_ready")]
     pub wait_for_ready: bool,
+    /// Client-side health checking (gRFC A17): the service whose `grpc.health.v1` status to
+    /// watch on every connection (`""`: the server as a whole); instances are picked only
+    /// while SERVING. Off unless set (here, or by the service config's `healthCheckConfig`).
+    #[serde(default, alias = "health_check")]
+    pub health_check: Option<String>,
     /// Connection backoff; the gRPC spec's by default.
     #[serde(default, alias = "backoff")]
     pub backoff: Option<BackoffSection>,
@@ -280,6 +285,7 @@ impl Default for ClientConfig {
             dial_timeout: None,
             drain_timeout: None,
             wait_for_ready: false,
+            health_check: None,
             backoff: None,
             retry: None,
             service_config: None,

@@ -16,7 +16,8 @@
 //!   `waitForReady`.
 //! - `retryThrottling: {"maxTokens": 10, "tokenRatio": 0.1}`: the client's retry throttling,
 //!   shared by every method (it replaces `Retry.Throttling`).
-//! - `healthCheckConfig: {"serviceName": "…"}`: read and kept in [`ServiceConfig`].
+//! - `healthCheckConfig: {"serviceName": "…"}`: turns on client-side health checking of
+//!   that service (gRFC A17), unless the client's `HealthCheck` names one.
 //!
 //! Durations are proto-JSON ones: `"1.5s"`, `"0.100s"`. Other fields are ignored, as grpc-go
 //! ignores them.
