@@ -12,6 +12,7 @@ use crate::balancer::{Balancer, Handle};
 use crate::connect::{ConnectOptions, HttpConnector};
 use crate::error::Error;
 use crate::inner::Inner;
+use crate::outlier::OutlierDetection;
 use crate::picker::Policy;
 use crate::subchannel::Settings;
 use crate::worker::Worker;
@@ -52,6 +53,7 @@ pub struct Builder {
     tls: Option<crate::tls::TlsConfig>,
     seed: Option<u64>,
     health_check: Option<String>,
+    outlier_detection: Option<OutlierDetection>,
 }
 
 impl Default for Builder {
@@ -73,6 +75,7 @@ impl Default for Builder {
             tls: None,
             seed: None,
             health_check: None,
+            outlier_detection: None,
         }
     }
 }
@@ -86,6 +89,7 @@ pub(crate) struct Config {
     pub(crate) subchannel: Settings,
     pub(crate) rtt_decay: Duration,
     pub(crate) seed: Option<u64>,
+    pub(crate) outlier: Option<OutlierDetection>,
 }
 
 impl Builder {
@@ -186,6 +190,13 @@ impl Builder {
         self
     }
 
+    /// Ejects instances whose RPCs fail much more than the others' for a while (gRFC A50).
+    /// Defaults to off.
+    pub fn outlier_detection(mut self, settings: Option<OutlierDetection>) -> Self {
+        self.outlier_detection = settings;
+        self
+    }
+
     /// Seeds every random choice (picker start, p2c, backoff jitter), for reproducible tests.
     /// Defaults to a seed from the OS.
     pub fn seed(mut self, seed: u64) -> Self {
@@ -214,6 +225,10 @@ impl Builder {
                 .transpose()
                 .map_err(Error::tls)?,
         };
+        if let Some(o) = &self.outlier_detection {
+            o.validate()
+                .map_err(|e| Error::config(format!("outlier detection: {e}")))?;
+        }
         if self.keepalive.is_some_and(|k| k.is_zero()) {
             return Err(Error::config("the keepalive interval must be positive"));
         }
@@ -246,6 +261,7 @@ impl Builder {
             },
             rtt_decay: self.rtt_decay,
             seed: self.seed,
+            outlier: self.outlier_detection.clone(),
         });
         let inner = Arc::new(Inner::new(self.target.clone()));
         let (close_tx, close_rx) = oneshot::channel();

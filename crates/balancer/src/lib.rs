@@ -48,6 +48,7 @@ mod error;
 mod health;
 mod inner;
 mod io;
+mod outlier;
 pub mod picker;
 mod snapshot;
 mod state;
@@ -64,6 +65,7 @@ pub use balancer::{
 pub use builder::Builder;
 pub use error::Error;
 pub use health::Health;
+pub use outlier::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
 pub use picker::Policy;
 pub use snapshot::{ChannelSnapshot, SubchannelSnapshot};
 pub use state::ConnectivityState;

@@ -9,6 +9,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use switchboard_resolver::{Change, Instance, InstanceSet, Resolution, ResolverStatus, Update};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, Interval};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::Backoff;
@@ -16,6 +17,7 @@ use crate::builder::Config;
 use crate::connect::{Connector, authority};
 use crate::health::Health;
 use crate::inner::{Inner, Snapshot};
+use crate::outlier::{self, Tracker};
 use crate::picker::Policy;
 use crate::state::ConnectivityState;
 use crate::subchannel::{Driver, Event, Ready, Shared};
@@ -28,6 +30,8 @@ struct Sub<S> {
     ready: Option<Ready<S>>,
     /// Its connection's health (gRFC A17).
     health: Health,
+    /// Its outlier-detection state (gRFC A50).
+    outlier: Tracker,
     /// Its first connection attempt is over (it was READY or failed at least once).
     settled: bool,
 }
@@ -39,14 +43,19 @@ impl<S> Sub<S> {
 
     /// Its connection, if it may be picked: READY and, when health is checked, SERVING.
     fn pickable(&self) -> Option<&Ready<S>> {
-        self.ready.as_ref().filter(|_| self.health.is_pickable())
+        self.ready
+            .as_ref()
+            .filter(|_| self.health.is_pickable() && !self.outlier.is_ejected())
     }
 
     /// Its state as the channel's aggregate sees it: a READY connection whose health check
-    /// has not answered yet counts as CONNECTING, and an unhealthy one as
-    /// TRANSIENT_FAILURE, as gRFC A17 has the health check report them.
+    /// has not answered yet counts as CONNECTING, and an unhealthy or ejected one as
+    /// TRANSIENT_FAILURE, as gRFC A17 and A50 have them reported.
     fn effective_state(&self) -> ConnectivityState {
         match (self.state, self.health) {
+            (ConnectivityState::Ready, _) if self.outlier.is_ejected() => {
+                ConnectivityState::TransientFailure
+            }
             (ConnectivityState::Ready, Health::Unknown) => ConnectivityState::Connecting,
             (ConnectivityState::Ready, Health::NotServing) => ConnectivityState::TransientFailure,
             (state, _) => state,
@@ -126,10 +135,16 @@ impl<C: Connector> Worker<C> {
         mut close: oneshot::Receiver<()>,
     ) {
         let mut resolving = true;
+        let mut outliers = self.config.outlier.as_ref().map(|o| {
+            let mut interval = tokio::time::interval_at(Instant::now() + o.interval, o.interval);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        });
         loop {
             tokio::select! {
                 biased;
                 _ = &mut close => break,
+                () = tick(&mut outliers) => self.detect_outliers(),
                 Some(event) = self.events.recv() => {
                     self.on_event(event);
                     while let Ok(event) = self.events.try_recv() {
@@ -270,6 +285,7 @@ impl<C: Connector> Worker<C> {
             state: ConnectivityState::Idle,
             ready: None,
             health: self.initial_health(),
+            outlier: Tracker::default(),
             settled: false,
         })
     }
@@ -287,6 +303,44 @@ impl<C: Connector> Worker<C> {
         }
         let _ = sub.drain.send(true);
         self.members_dirty = true;
+        self.dirty = true;
+    }
+
+    /// One run of outlier detection over every sub-channel of an instance.
+    fn detect_outliers(&mut self) {
+        let Some(config) = self.config.outlier.clone() else {
+            return;
+        };
+        let Self { slots, rng, .. } = self;
+        let subs = slots
+            .values_mut()
+            .flat_map(|s| std::iter::once(&mut s.current).chain(s.previous.as_mut()));
+        let trackers = subs.map(|sub| {
+            let counts = (
+                sub.shared.succeeded.load(Ordering::Relaxed),
+                sub.shared.failed.load(Ordering::Relaxed),
+            );
+            (&mut sub.outlier, counts)
+        });
+        let now = Instant::now();
+        if !outlier::run(&config, now, trackers, || rng.random_range(0..100)) {
+            return;
+        }
+        for slot in self.slots.values() {
+            for sub in std::iter::once(&slot.current).chain(slot.previous.as_ref()) {
+                let ejected = sub.outlier.is_ejected();
+                if sub.shared.ejected.swap(ejected, Ordering::Relaxed) != ejected {
+                    if ejected {
+                        warn!(key = %sub.shared.key, addr = %sub.shared.addr, "outlier detection: ejected");
+                        self.last_error =
+                            Some(format!("{}: ejected by outlier detection", sub.shared.addr));
+                    } else {
+                        info!(key = %sub.shared.key, addr = %sub.shared.addr, "outlier detection: back");
+                    }
+                }
+            }
+        }
+        self.ready_dirty = true;
         self.dirty = true;
     }
 
@@ -503,3 +557,13 @@ impl<C: Connector> Worker<C> {
     }
 }
 
+
+/// The next tick of `interval`, or never without one.
+async fn tick(interval: &mut Option<Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -135,7 +135,14 @@ impl Client {
             .target(target)
             .policy(policy)
             .wait_for_ready(config.wait_for_ready)
-            .health_check(health_check);
+            .health_check(health_check)
+            .outlier_detection(
+                config
+                    .outlier_detection
+                    .as_ref()
+                    .map(|o| o.settings())
+                    .transpose()?,
+            );
         if let Some(k) = config.keepalive_time {
             builder = builder.keepalive(Some(k));
         }

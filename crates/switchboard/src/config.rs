@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use switchboard_balancer::Policy;
+use switchboard_balancer::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
 use switchboard_resolver::Format;
 
 use crate::duration;
@@ -96,6 +97,9 @@ pub struct ClientConfig {
     /// while SERVING. Off unless set (here, or by the service config's `healthCheckConfig`).
     #[serde(default, alias = "health_check")]
     pub health_check: Option<String>,
+    /// Outlier detection (gRFC A50): off unless set.
+    #[serde(default, alias = "outlier_detection")]
+    pub outlier_detection: Option<OutlierSection>,
     /// Connection backoff; the gRPC spec's by default.
     #[serde(default, alias = "backoff")]
     pub backoff: Option<BackoffSection>,
@@ -234,6 +238,150 @@ pub struct RetrySection {
     pub throttling: Option<ThrottlingSection>,
 }
 
+/// Outlier detection (gRFC A50): every `Interval`, instances whose RPCs fail much more than the
+/// others' are not picked for a while. Unset fields take A50's defaults; an empty section
+/// turns on success-rate ejection only.
+///
+/// ```
+/// let config = switchboard::ClientConfig::from_yaml(
+///     "
+/// Endpoints: [127.0.0.1:8080, 127.0.0.1:8081, 127.0.0.1:8082]
+/// OutlierDetection:
+///   Interval: 1s
+///   BaseEjectionTime: 30s
+///   MaxEjectionPercent: 34
+///   FailurePercentageEjection: {Threshold: 50, MinimumHosts: 3, RequestVolume: 20}
+/// ",
+/// )?;
+/// # Ok::<(), switchboard::Error>(())
+/// ```
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct OutlierSection {
+    /// How often ejections are decided. Defaults to 10 s.
+    #[serde(default, alias = "interval", deserialize_with = "duration::optional")]
+    pub interval: Option<Duration>,
+    /// How long a first ejection lasts; the n-th lasts n times longer. Defaults to 30 s.
+    #[serde(
+        default,
+        alias = "base_ejection_time",
+        deserialize_with = "duration::optional"
+    )]
+    pub base_ejection_time: Option<Duration>,
+    /// The longest ejection. Defaults to 300 s.
+    #[serde(
+        default,
+        alias = "max_ejection_time",
+        deserialize_with = "duration::optional"
+    )]
+    pub max_ejection_time: Option<Duration>,
+    /// The largest share of instances ejected at once, in %. Defaults to 10.
+    #[serde(default, alias = "max_ejection_percent")]
+    pub max_ejection_percent: Option<u32>,
+    /// Ejection by success rate, far below the others'. On with its defaults when neither
+    /// kind is given.
+    #[serde(default, alias = "success_rate_ejection")]
+    pub success_rate_ejection: Option<EjectionSection>,
+    /// Ejection by failure percentage, above `Threshold`. Off unless given.
+    #[serde(default, alias = "failure_percentage_ejection")]
+    pub failure_percentage_ejection: Option<EjectionSection>,
+}
+
+/// One kind of outlier ejection. `StdevFactor` is for success-rate ejection (default 1900:
+/// ejected below mean − 1.9 × stdev), `Threshold` for failure-percentage ejection (default
+/// 85 %). `EnforcementPercentage` (default 100) is the chance an outlier is ejected;
+/// `MinimumHosts` (default 5) instances with at least `RequestVolume` RPCs in the interval
+/// (default 100 for success rate, 50 for failure percentage) are needed to judge.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct EjectionSection {
+    /// See above.
+    #[serde(default, alias = "stdev_factor")]
+    pub stdev_factor: Option<u32>,
+    /// See above.
+    #[serde(default, alias = "threshold")]
+    pub threshold: Option<u32>,
+    /// See above.
+    #[serde(default, alias = "enforcement_percentage")]
+    pub enforcement_percentage: Option<u32>,
+    /// See above.
+    #[serde(default, alias = "minimum_hosts")]
+    pub minimum_hosts: Option<u32>,
+    /// See above.
+    #[serde(default, alias = "request_volume")]
+    pub request_volume: Option<u32>,
+}
+
+impl OutlierSection {
+    /// The balancer's settings, checked; the error names the field.
+    pub fn settings(&self) -> Result<OutlierDetection, Error> {
+        let d = OutlierDetection::default();
+        let sr = SuccessRateEjection::default();
+        let fp = FailurePercentageEjection::default();
+        let both_absent =
+            self.success_rate_ejection.is_none() && self.failure_percentage_ejection.is_none();
+        let success_rate = match (&self.success_rate_ejection, both_absent) {
+            (Some(s), _) => {
+                if s.threshold.is_some() {
+                    return Err(Error::config(
+                        "OutlierDetection.SuccessRateEjection.Threshold: belongs to FailurePercentageEjection (use StdevFactor)",
+                    ));
+                }
+                Some(SuccessRateEjection {
+                    stdev_factor: s.stdev_factor.unwrap_or(sr.stdev_factor),
+                    enforcement_percentage: s
+                        .enforcement_percentage
+                        .unwrap_or(sr.enforcement_percentage),
+                    minimum_hosts: s.minimum_hosts.unwrap_or(sr.minimum_hosts),
+                    request_volume: s.request_volume.unwrap_or(sr.request_volume),
+                })
+            }
+            (None, true) => Some(sr),
+            (None, false) => None,
+        };
+        let failure_percentage = match &self.failure_percentage_ejection {
+            Some(f) => {
+                if f.stdev_factor.is_some() {
+                    return Err(Error::config(
+                        "OutlierDetection.FailurePercentageEjection.StdevFactor: belongs to SuccessRateEjection",
+                    ));
+                }
+                Some(FailurePercentageEjection {
+                    threshold: f.threshold.unwrap_or(fp.threshold),
+                    enforcement_percentage: f
+                        .enforcement_percentage
+                        .unwrap_or(fp.enforcement_percentage),
+                    minimum_hosts: f.minimum_hosts.unwrap_or(fp.minimum_hosts),
+                    request_volume: f.request_volume.unwrap_or(fp.request_volume),
+                })
+            }
+            None => None,
+        };
+        let settings = OutlierDetection {
+            interval: self.interval.unwrap_or(d.interval),
+            base_ejection_time: self.base_ejection_time.unwrap_or(d.base_ejection_time),
+            max_ejection_time: self.max_ejection_time.unwrap_or(d.max_ejection_time),
+            max_ejection_percent: self.max_ejection_percent.unwrap_or(d.max_ejection_percent),
+            success_rate,
+            failure_percentage,
+        };
+        settings.validate().map_err(|e| {
+            let field = e
+                .replace("interval", "Interval")
+                .replace("base_ejection_time", "BaseEjectionTime")
+                .replace("max_ejection_percent", "MaxEjectionPercent")
+                .replace("success_rate_ejection.", "SuccessRateEjection.")
+                .replace("failure_percentage_ejection.", "FailurePercentageEjection.")
+                .replace("enforcement_percentage", "EnforcementPercentage")
+                .replace("threshold", "Threshold");
+            Error::config(format!("OutlierDetection.{field}"))
+        })?;
+        Ok(settings)
+    }
+}
+
 /// Retry throttling (gRFC A6): a token bucket per client; failures take a token, successes
 /// give back `TokenRatio`, and RPCs are retried only while more than half the tokens remain.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -286,6 +434,7 @@ impl Default for ClientConfig {
             drain_timeout: None,
             wait_for_ready: false,
             health_check: None,
+            outlier_detection: None,
             backoff: None,
             retry: None,
             service_config: None,
@@ -453,6 +602,9 @@ impl ClientConfig {
             }
         }
         crate::retry::RetryPolicy::from_config(self.retry.as_ref())?;
+        if let Some(o) = &self.outlier_detection {
+            o.settings()?;
+        }
         if let Some(text) = &self.service_config {
             crate::service_config::ServiceConfig::parse(text)?;
         }

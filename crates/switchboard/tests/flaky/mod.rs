@@ -56,6 +56,8 @@ pub(crate) struct Flaky {
     pub code: Code,
     pub pushback: Option<&'static str>,
     pub delay: Duration,
+    /// Also fails every k-th call, if set.
+    pub fail_every: Option<u64>,
 }
 
 impl Flaky {
@@ -67,6 +69,7 @@ impl Flaky {
             code,
             pushback: None,
             delay: Duration::ZERO,
+            fail_every: None,
         }
     }
 
@@ -115,7 +118,7 @@ impl User for Flaky {
             .expect("not poisoned")
             .push((header("grpc-previous-rpc-attempts"), header("grpc-timeout")));
         tokio::time::sleep(self.delay).await;
-        if n <= self.fail_first {
+        if n <= self.fail_first || self.fail_every.is_some_and(|k| n % k == 0) {
             let mut status = Status::new(self.code, format!("{}: failing call {n}", self.name));
             if let Some(pushback) = self.pushback {
                 status.metadata_mut().insert(
