@@ -15,6 +15,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::{Code, Status};
+use tracing::{Instrument, Span};
 
 use crate::builder::Builder;
 use crate::connect::{Sender, chain};
@@ -164,20 +165,23 @@ impl Balancer {
                 Snapshot::Fail(status) => Err(Some(status.clone())),
             };
             let status = match picked {
-                Ok(ready) => match send_on(handle, &ready, request, now).await {
-                    Ok(response) => return Ok(response),
-                    Err(Failed::Sent(status)) => return Err(status),
-                    Err(Failed::Unsent(back, why)) => {
-                        request = back;
-                        unsent += 1;
-                        tracing::debug!(addr = %ready.0.sub.addr, error = %why, "connection closed before the request was sent: picking again");
-                        if unsent < MAX_UNSENT_REPICKS {
-                            continue;
+                Ok(ready) => {
+                    let span = attempt_span(&inner.target, &ready.0.sub.addr, &request);
+                    match send_on(handle, &ready, request, now).instrument(span).await {
+                        Ok(response) => return Ok(response),
+                        Err(Failed::Sent(status)) => return Err(status),
+                        Err(Failed::Unsent(back, why)) => {
+                            request = back;
+                            unsent += 1;
+                            tracing::debug!(addr = %ready.0.sub.addr, error = %why, "connection closed before the request was sent: picking again");
+                            if unsent < MAX_UNSENT_REPICKS {
+                                continue;
+                            }
+                            unsent = 0;
+                            None
                         }
-                        unsent = 0;
-                        None
                     }
-                },
+                }
                 Err(status) => status,
             };
             let wait_for_ready = request
@@ -240,6 +244,7 @@ async fn send_on(
     sub.call_started();
     let mut call = Call {
         sub: Some(sub.clone()),
+        started: started.unwrap_or_else(std::time::Instant::now),
     };
     let mut sender = conn.sender.clone();
     match sender.try_send_request(request).await {
@@ -249,8 +254,8 @@ async fn send_on(
                 sub.rtt.observe(now - started, now);
             }
             // A trailers-only response carries its status in the headers.
-            if let Some(ok) = grpc_status_ok(response.headers()) {
-                call.end(Some(ok));
+            if let Some(code) = grpc_status(response.headers()) {
+                call.end(Some(code));
             }
             Ok(response.map(|inner| ResponseBody { inner, call }))
         }
@@ -263,10 +268,34 @@ async fn send_on(
             }
             None => {
                 let error = e.into_error();
-                Err(Failed::Sent(status_of(&sub.addr, &error)))
+                let status = status_of(&sub.addr, &error);
+                call.end(Some(status.code()));
+                Err(Failed::Sent(status))
             }
         },
     }
+}
+
+/// A span for one attempt of an RPC (at DEBUG level): its target, the instance picked, and
+/// the attempt number (from `grpc-previous-rpc-attempts`, which retries set).
+fn attempt_span(target: &str, instance: &str, request: &Request<tonic::body::Body>) -> Span {
+    let span = tracing::debug_span!(
+        "rpc_attempt",
+        target,
+        instance,
+        method = tracing::field::Empty,
+        attempt = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        let previous = request
+            .headers()
+            .get("grpc-previous-rpc-attempts")
+            .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
+            .unwrap_or(0);
+        span.record("method", request.uri().path());
+        span.record("attempt", previous + 1);
+    }
+    span
 }
 
 fn strip_origin(uri: &Uri) -> Uri {
@@ -339,9 +368,18 @@ pub fn is_unprocessed(status: &Status) -> bool {
     std::error::Error::source(status).is_some_and(|s| s.is::<Unprocessed>())
 }
 
-/// Whether the `grpc-status` in these headers (or trailers) is OK; `None` if there is none.
-fn grpc_status_ok(headers: &HeaderMap) -> Option<bool> {
-    headers.get("grpc-status").map(|v| v.as_bytes() == b"0")
+/// The `grpc-status` in these headers (or trailers), if there is one (UNKNOWN if it is not a
+/// number).
+fn grpc_status(headers: &HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?.as_bytes();
+    if value == b"0" {
+        return Some(Code::Ok);
+    }
+    let code = std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .map_or(Code::Unknown, Code::from_i32);
+    Some(code)
 }
 
 /// The deadline a request carries in its `grpc-timeout` header (up to 8 digits and a unit: H,
@@ -367,20 +405,22 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 /// Accounts for one RPC on a sub-channel until it ends.
 struct Call {
     sub: Option<Arc<Shared>>,
+    started: std::time::Instant,
 }
 
 impl Call {
-    fn end(&mut self, ok: Option<bool>) {
+    /// Ends the RPC with its status code, or `None` if it was never sent.
+    fn end(&mut self, code: Option<Code>) {
         if let Some(sub) = self.sub.take() {
-            sub.call_ended(ok);
+            sub.call_ended(code.map(|c| (c, self.started.elapsed())));
         }
     }
 }
 
 impl Drop for Call {
     fn drop(&mut self) {
-        // Dropped before its status was seen: failed or cancelled.
-        self.end(Some(false));
+        // Dropped before its status was seen: cancelled by the caller.
+        self.end(Some(Code::Cancelled));
     }
 }
 
@@ -410,11 +450,13 @@ impl HttpBody for ResponseBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    let ok = grpc_status_ok(trailers).unwrap_or(false);
-                    this.call.end(Some(ok));
+                    let code = grpc_status(trailers).unwrap_or(Code::Unknown);
+                    this.call.end(Some(code));
                 }
             }
-            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => this.call.end(Some(false)),
+            // The stream broke, or ended without trailers.
+            Poll::Ready(Some(Err(_))) => this.call.end(Some(Code::Unavailable)),
+            Poll::Ready(None) => this.call.end(Some(Code::Internal)),
             Poll::Pending => {}
         }
         polled

@@ -48,6 +48,7 @@ mod error;
 mod health;
 mod inner;
 mod io;
+pub mod metrics;
 mod outlier;
 pub mod picker;
 mod snapshot;

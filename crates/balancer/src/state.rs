@@ -30,6 +30,15 @@ pub enum ConnectivityState {
 }
 
 impl ConnectivityState {
+    /// Every state, in declaration order.
+    pub const ALL: [Self; 5] = [
+        Self::Idle,
+        Self::Connecting,
+        Self::Ready,
+        Self::TransientFailure,
+        Self::Shutdown,
+    ];
+
     /// Whether gRPC's connectivity semantics allow going from `self` to `next`.
     ///
     /// ```

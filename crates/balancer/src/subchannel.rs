@@ -35,6 +35,7 @@ use tracing::{debug, info, trace};
 use crate::backoff::Backoff;
 use crate::connect::{Closed, Connection, Connector};
 use crate::health::Health;
+use crate::metrics::SubMetrics;
 use crate::picker::{Endpoint, PeakEwma};
 use crate::state::ConnectivityState;
 
@@ -51,6 +52,7 @@ pub(crate) struct Shared {
     pub(crate) failed: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) rtt: PeakEwma,
+    pub(crate) metrics: SubMetrics,
     /// Ejected by outlier detection.
     pub(crate) ejected: AtomicBool,
     draining: AtomicBool,
@@ -71,12 +73,14 @@ pub(crate) struct Info {
 impl Shared {
     pub(crate) fn new(
         id: u64,
+        target: &str,
         key: String,
         addr: String,
         weight: u32,
         rtt_decay: Duration,
     ) -> Self {
         Self {
+            metrics: SubMetrics::new(target, &addr),
             id,
             key,
             addr,
@@ -116,18 +120,21 @@ impl Shared {
     pub(crate) fn call_started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.started.fetch_add(1, Ordering::Relaxed);
+        self.metrics.picked();
     }
 
-    /// An RPC is done: `ok` tells whether it ended with status OK; `None` means it was never
-    /// sent and does not count.
+    /// An RPC is done: with its status code and how long it took, or `None` if it was never
+    /// sent (it does not count then).
     #[inline]
-    pub(crate) fn call_ended(&self, ok: Option<bool>) {
-        match ok {
-            Some(true) => {
-                self.succeeded.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(false) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn call_ended(&self, result: Option<(tonic::Code, Duration)>) {
+        match result {
+            Some((code, took)) => {
+                if code == tonic::Code::Ok {
+                    self.succeeded.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                self.metrics.ended(code, took);
             }
             None => {
                 self.started.fetch_sub(1, Ordering::Relaxed);
@@ -258,7 +265,14 @@ impl<C: Connector> Driver<C> {
             let started = Instant::now();
             let attempt = self.backoff.attempt(started);
             self.transition(ConnectivityState::Connecting, None, None);
-            self.shared.update_info(|i| i.connects += 1);
+            let attempts = {
+                let mut info = self.shared.info.lock().unwrap_or_else(|e| e.into_inner());
+                info.connects += 1;
+                info.connects
+            };
+            if attempts > 1 {
+                self.shared.metrics.reconnect();
+            }
             let connecting = self.connector.connect(&self.shared.addr, self.keepalive);
             let result = tokio::select! {
                 r = tokio::time::timeout_at(attempt.connect_deadline, connecting) => r,
@@ -396,6 +410,7 @@ impl<C: Connector> Driver<C> {
                     };
                     if changed {
                         debug!(addr = %shared.addr, %health, "sub-channel health");
+                        shared.metrics.health(health.as_str());
                         let _ = events.send(Event::Health {
                             id: shared.id,
                             health,
@@ -478,6 +493,9 @@ impl<C: Connector> Driver<C> {
             (None, _) => trace!(addr = %self.shared.addr, %from, %next, "sub-channel state"),
         }
         let checking = self.health_check.is_some();
+        if from != next {
+            self.shared.metrics.transition(next.as_str());
+        }
         self.shared.update_info(|i| {
             if i.state != next {
                 i.since = SystemTime::now();

@@ -87,6 +87,8 @@ pub(crate) struct Worker<C: Connector> {
     next_id: u64,
     sticky: Option<u64>,
     resolved: bool,
+    /// When the resolver's last error that was counted happened.
+    last_resolver_error: Option<std::time::SystemTime>,
     last_error: Option<String>,
     ready_dirty: bool,
     dirty: bool,
@@ -120,6 +122,7 @@ impl<C: Connector> Worker<C> {
             next_id: 0,
             sticky: None,
             resolved: false,
+            last_resolver_error: None,
             last_error: None,
             ready_dirty: false,
             dirty: false,
@@ -145,6 +148,10 @@ impl<C: Connector> Worker<C> {
                 biased;
                 _ = &mut close => break,
                 () = tick(&mut outliers) => self.detect_outliers(),
+                Ok(()) = self.resolver.changed() => {
+                    self.resolver_status();
+                    continue;
+                }
                 Some(event) = self.events.recv() => {
                     self.on_event(event);
                     while let Ok(event) = self.events.try_recv() {
@@ -184,6 +191,17 @@ impl<C: Connector> Worker<C> {
     fn apply(&mut self, update: Update) {
         self.resolved = true;
         self.dirty = true;
+        let kind = match &update {
+            Update::Reset(_) => "reset",
+            Update::Add(_) => "add",
+            Update::Remove(_) => "remove",
+        };
+        metrics::counter!(
+            "switchboard_resolver_updates_total",
+            "target" => self.config.target.clone(),
+            "kind" => kind,
+        )
+        .increment(1);
         for change in self.set.apply(update) {
             match change {
                 Change::Added(instance) => self.apply_added(instance),
@@ -257,6 +275,7 @@ impl<C: Connector> Worker<C> {
         self.next_id += 1;
         let shared = Arc::new(Shared::new(
             self.next_id,
+            &self.config.target,
             instance.key.clone(),
             instance.addr.clone(),
             instance.weight,
@@ -306,6 +325,18 @@ impl<C: Connector> Worker<C> {
         self.dirty = true;
     }
 
+    /// Reports the resolver's connectivity and errors as metrics.
+    fn resolver_status(&mut self) {
+        let status = self.resolver.borrow_and_update().clone();
+        let target = self.config.target.clone();
+        metrics::gauge!("switchboard_resolver_connected", "target" => target.clone())
+            .set(if status.connected { 1.0 } else { 0.0 });
+        if status.last_error_at.is_some() && status.last_error_at != self.last_resolver_error {
+            self.last_resolver_error = status.last_error_at;
+            metrics::counter!("switchboard_resolver_errors_total", "target" => target).increment(1);
+        }
+    }
+
     /// One run of outlier detection over every sub-channel of an instance.
     fn detect_outliers(&mut self) {
         let Some(config) = self.config.outlier.clone() else {
@@ -332,6 +363,7 @@ impl<C: Connector> Worker<C> {
                 if sub.shared.ejected.swap(ejected, Ordering::Relaxed) != ejected {
                     if ejected {
                         warn!(key = %sub.shared.key, addr = %sub.shared.addr, "outlier detection: ejected");
+                        sub.shared.metrics.ejected();
                         self.last_error =
                             Some(format!("{}: ejected by outlier detection", sub.shared.addr));
                     } else {
@@ -467,6 +499,7 @@ impl<C: Connector> Worker<C> {
                     .chain(s.previous.as_ref().map(Sub::effective_state))
             }))
         };
+        self.state_metrics();
         let ready_dirty = std::mem::take(&mut self.ready_dirty);
         let was_pick = matches!(&**self.inner.load(), Snapshot::Pick(_));
         if state == ConnectivityState::Ready {
@@ -480,6 +513,26 @@ impl<C: Connector> Worker<C> {
             self.inner.store(Snapshot::Queue);
         }
         self.inner.set_state(state);
+    }
+
+    /// `switchboard_subchannels` per state, and `switchboard_instances`.
+    fn state_metrics(&self) {
+        let mut counts = [0u32; 5];
+        for slot in self.slots.values() {
+            for sub in std::iter::once(&slot.current).chain(slot.previous.as_ref()) {
+                counts[sub.effective_state() as usize] += 1;
+            }
+        }
+        for state in ConnectivityState::ALL {
+            metrics::gauge!(
+                "switchboard_subchannels",
+                "target" => self.config.target.clone(),
+                "state" => state.as_str(),
+            )
+            .set(f64::from(counts[state as usize]));
+        }
+        metrics::gauge!("switchboard_instances", "target" => self.config.target.clone())
+            .set(self.set.len() as f64);
     }
 
     fn build_picker(&mut self) {

@@ -93,6 +93,7 @@ fn start(script: Script, keepalive: Option<Duration>, drain_timeout: Duration) -
     let script = Arc::new(script);
     let shared = Arc::new(Shared::new(
         1,
+        "test",
         "svc/1".into(),
         "127.0.0.1:1".into(),
         1,
@@ -316,14 +317,15 @@ async fn a_drain_waits_for_calls_in_flight_then_closes() {
     h.shared.call_started();
     h.drain.send(true).ok();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    h.shared.call_ended(Some(true));
+    h.shared.call_ended(Some((tonic::Code::Ok, Duration::ZERO)));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         h.script.aborts.load(Ordering::SeqCst),
         0,
         "a call is still in flight"
     );
-    h.shared.call_ended(Some(false));
+    h.shared
+        .call_ended(Some((tonic::Code::Internal, Duration::ZERO)));
     assert_eq!(h.next().await, (Shutdown, Duration::from_secs(5)));
     assert_eq!(h.script.aborts.load(Ordering::SeqCst), 1);
     let info = h.shared.info();

@@ -15,6 +15,11 @@
 //!
 //! None of this ever gives up: errors are retried with a capped backoff and reported through
 //! [`RegistrarStatus`].
+//!
+//! Metrics (through the `metrics` facade, labels `prefix` and `addr`):
+//! `switchboard_registrar_registered` (gauge, 1 while registered),
+//! `switchboard_registrar_registrations_total` and `switchboard_registrar_interruptions_total`
+//! (counters).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -282,6 +287,7 @@ impl Keeper {
             never = self.keep_registered() => match never {},
         };
         let result = self.deregister().await;
+        self.metric_registered(false);
         self.status.send_modify(|s| {
             s.state = RegistrarState::Deregistered;
             s.key = None;
@@ -309,6 +315,13 @@ impl Keeper {
                 }
             };
             warn!(error = %why, "registration interrupted; restoring it");
+            self.metric_registered(false);
+            metrics::counter!(
+                "switchboard_registrar_interruptions_total",
+                "prefix" => self.registrar.prefix.clone(),
+                "addr" => self.registrar.addr.clone(),
+            )
+            .increment(1);
             self.status.send_modify(|s| {
                 s.state = RegistrarState::Recovering;
                 s.last_error = Some(why);
@@ -316,6 +329,16 @@ impl Keeper {
             });
             tokio::time::sleep(self.backoff.next_delay()).await;
         }
+    }
+
+    /// `switchboard_registrar_registered`: 1 while the registration is in etcd.
+    fn metric_registered(&self, registered: bool) {
+        metrics::gauge!(
+            "switchboard_registrar_registered",
+            "prefix" => self.registrar.prefix.clone(),
+            "addr" => self.registrar.addr.clone(),
+        )
+        .set(if registered { 1.0 } else { 0.0 });
     }
 
     fn key_for(&self, lease: i64) -> String {
@@ -401,6 +424,13 @@ impl Keeper {
         self.key = Some(key.clone());
         self.backoff.reset();
         info!(%key, lease, %endpoint, "registered");
+        self.metric_registered(true);
+        metrics::counter!(
+            "switchboard_registrar_registrations_total",
+            "prefix" => self.registrar.prefix.clone(),
+            "addr" => self.registrar.addr.clone(),
+        )
+        .increment(1);
         self.status.send_modify(|s| {
             s.state = RegistrarState::Registered;
             s.key = Some(key.clone());
