@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
 # Installs what switchboard's demo and tests need and that cargo cannot fetch:
 # etcd (etcd-server), etcdctl (etcd-client) and protoc (protobuf-compiler), from Debian's packages.
+# With --browser, also Chromium (package chromium), for the dashboard's browser test; the demo
+# does not need it.
 set -euo pipefail
+
+browser=false
+for arg in "$@"; do
+  case "$arg" in
+    --browser) browser=true ;;
+    *) echo "setup: unknown option $arg (known: --browser)" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || [ -n "${ETCD_BIN:-}" ] || missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || [ -x /usr/bin/etcdctl ] || [ -n "${ETCDCTL_BIN:-}" ] || missing+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || [ -n "${PROTOC:-}" ] || missing+=(protobuf-compiler)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if $browser && [ -z "${CHROME_BIN:-}" ] && ! command -v chromium >/dev/null 2>&1 \
+  && ! command -v chromium-browser >/dev/null 2>&1; then
+  missing+=(chromium)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian's packages"
@@ -20,14 +34,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "setup: no apt-get here: install ${missing[*]} (etcd 3.4 or newer, etcdctl, protoc) yourself," >&2
-    echo "       or point ETCD_BIN / ETCDCTL_BIN / PROTOC at them, then run this again" >&2
+    echo "setup: no apt-get here: install ${missing[*]} (etcd 3.4 or newer, etcdctl, protoc, Chromium) yourself," >&2
+    echo "       or point ETCD_BIN / ETCDCTL_BIN / PROTOC / CHROME_BIN at them, then run this again" >&2
     exit 1
   fi
   export DEBIAN_FRONTEND=noninteractive
-  if ! "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; then
-    "${sudo[@]}" apt-get update -q >/dev/null
-    "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  if ! "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null >/dev/null; then
+    "${sudo[@]}" apt-get update -q </dev/null >/dev/null
+    "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null >/dev/null
   fi
   # Debian starts an etcd service on 2379 after installing etcd-server; nothing here uses it.
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then

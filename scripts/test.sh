@@ -2,7 +2,7 @@
 # Every check switchboard's CI runs: format, lints, tests against real etcd, doc tests, docs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --browser
 
 step() { printf '\n==> %s\n' "$*"; }
 

@@ -1,14 +1,17 @@
-//! The gateway's routes: REST/JSON in front of `user.rpc`, through a typed switchboard client.
+//! The gateway's routes: REST/JSON in front of `user.rpc`, through a typed switchboard client,
+//! plus what an operator looks at: the balancer's snapshot as JSON, a live dashboard of it and
+//! Prometheus metrics.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::json;
 use switchboard::Client;
@@ -60,9 +63,40 @@ struct Credentials {
     password: String,
 }
 
+/// The dashboard: one page, no external assets, that polls `/debug/switchboard` every second.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The content type of Prometheus' text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// The gateway's routes over `client`, a client of `user.rpc`: `POST /api/user/register`,
-/// `POST /api/user/login`, `GET /api/user/{id}`, `GET /healthz` and `GET /debug/switchboard`.
+/// `POST /api/user/login`, `GET /api/user/{id}`, `GET /healthz`, `GET /debug/switchboard` (the
+/// balancer's snapshot as JSON) and `GET /debug/switchboard/ui` (a live dashboard of it).
 pub fn router(client: Client) -> Router {
+    routes(client).with_state(())
+}
+
+/// [`router`], plus `GET /metrics`: everything recorded through the `metrics` facade into the
+/// Prometheus recorder that `metrics` is the handle of, in Prometheus' text format.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run(client: switchboard::Client) -> anyhow::Result<()> {
+/// let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+/// let app = switchboard_examples::gateway::router_with_metrics(client, metrics);
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8888").await?;
+/// axum::serve(listener, app).await?;
+/// # Ok(()) }
+/// ```
+pub fn router_with_metrics(client: Client, metrics: PrometheusHandle) -> Router {
+    routes(client)
+        .route("/metrics", get(render_metrics))
+        .with_state(metrics)
+}
+
+/// Every route but `/metrics`, waiting for the state `/metrics` needs.
+fn routes<S: Clone + Send + Sync + 'static>(client: Client) -> Router<S> {
     let users = User::new(&client);
     Router::new()
         .route("/api/user/register", post(register))
@@ -71,6 +105,15 @@ pub fn router(client: Client) -> Router {
         .route("/healthz", get(healthz))
         .route("/debug/switchboard", get(debug))
         .with_state(App { client, users })
+        .route("/debug/switchboard/ui", get(dashboard))
+}
+
+async fn dashboard() -> Response {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(DASHBOARD)).into_response()
+}
+
+async fn render_metrics(State(metrics): State<PrometheusHandle>) -> Response {
+    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], metrics.render()).into_response()
 }
 
 async fn register(State(app): State<App>, Json(c): Json<Credentials>) -> Response {

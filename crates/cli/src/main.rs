@@ -3,6 +3,8 @@
 //! ```text
 //! switchboard resolve --etcd 127.0.0.1:2379 --key user.rpc            # the instance set, once
 //! switchboard resolve --etcd 127.0.0.1:2379 --key user.rpc --watch    # then every change
+//! switchboard status --gateway http://127.0.0.1:8888                  # a gateway's balancer
+//! switchboard register --etcd 127.0.0.1:2379 --key user.rpc --addr 127.0.0.1:9001  # until ^C
 //! ```
 
 use std::io::Write;
@@ -15,6 +17,9 @@ use clap::{Args, Parser, Subcommand};
 use switchboard_resolver::{
     Change, EtcdConfig, EtcdResolver, EtcdTls, Format, InstanceSet, Resolution, Resolve, Update,
 };
+
+mod register;
+mod status;
 
 /// Client-side load balancing for gRPC, driven by etcd.
 #[derive(Debug, Parser)]
@@ -31,6 +36,15 @@ enum Command {
     /// With --watch, print the initial set and then every change as it is applied:
     /// `+ KEY ADDR` for an instance added (or changed), `- KEY ADDR` for one removed.
     Resolve(ResolveArgs),
+    /// Print a gateway's balancer snapshot (`GET URL/debug/switchboard`) as a table: the target
+    /// and its state, then one row per sub-channel.
+    Status(status::StatusArgs),
+    /// Register an instance in etcd and hold the registration (lease keepalive) until SIGINT or
+    /// SIGTERM, then deregister.
+    ///
+    /// Prints `registered KEY → ADDR (lease ID, ttl S)` once registered (again when the lease
+    /// is replaced), and `deregistered KEY` at the end.
+    Register(register::RegisterArgs),
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +135,8 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Resolve(args) => resolve(args).await,
+        Command::Status(args) => status::status(args).await,
+        Command::Register(args) => register::register(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

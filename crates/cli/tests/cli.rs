@@ -1,12 +1,20 @@
-//! `switchboard resolve` prints what other clients (etcdctl) registered, in every format.
+//! The `switchboard` command as an operator runs it: `resolve` prints what other clients
+//! (etcdctl) registered, in every format; `register` holds a registration that `resolve` sees
+//! until SIGTERM; `status` prints a gateway's balancer snapshot.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow, bail};
-use switchboard_testkit::{Etcd, free_port};
+use anyhow::{Context, Result, anyhow, bail};
+use axum::Router;
+use axum::routing::get;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use switchboard_testkit::proto::user::RegisterRequest;
+use switchboard_testkit::proto::user::user_client::UserClient;
+use switchboard_testkit::{Etcd, TestServer, free_port};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -247,5 +255,359 @@ fn unreachable_etcd_fails_within_the_timeout() -> Result<()> {
         .output()?;
     assert!(!bad.status.success());
     assert!(String::from_utf8(bad.stderr)?.contains("unknown registration format"));
+    Ok(())
+}
+
+/// `switchboard resolve --key KEY` against `etcd`: its `KEY ADDR` lines.
+fn resolved(etcd: &Etcd, key: &str) -> Result<Vec<String>> {
+    let out = switchboard()
+        .args(["resolve", "--etcd", &etcd.hosts(), "--key", key])
+        .output()?;
+    if !out.status.success() {
+        bail!("resolve: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Waits, up to [`PATIENCE`], until the child exits; its exit status.
+fn wait_exit(child: &mut Child) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            bail!("the process did not exit within {PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn terminate(child: &Child) -> Result<()> {
+    kill(Pid::from_raw(i32::try_from(child.id())?), Signal::SIGTERM)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn register_holds_the_registration_until_sigterm() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let mut cmd = switchboard();
+    cmd.args([
+        "register",
+        "--etcd",
+        &etcd.hosts(),
+        "--key",
+        "user.rpc",
+        "--addr",
+        "127.0.0.1:9001",
+        "--ttl",
+        "2",
+    ]);
+    let mut register = Lines::spawn(cmd)?;
+    let line = register.next(1)?.remove(0);
+    // `registered user.rpc/<lease> → 127.0.0.1:9001 (lease <lease>, ttl 2s)`: go-zero's key.
+    let (key, rest) = line
+        .strip_prefix("registered ")
+        .and_then(|l| l.split_once(" → "))
+        .with_context(|| format!("unexpected first line: {line:?}"))?;
+    let lease = key
+        .strip_prefix("user.rpc/")
+        .context("key under user.rpc/")?;
+    assert_eq!(rest, format!("127.0.0.1:9001 (lease {lease}, ttl 2s)"));
+    assert_eq!(
+        resolved(&etcd, "user.rpc")?,
+        [format!("{key} 127.0.0.1:9001")]
+    );
+
+    // Kept alive past two TTLs: still there, under the same key.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        assert_eq!(
+            resolved(&etcd, "user.rpc")?,
+            [format!("{key} 127.0.0.1:9001")]
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    terminate(&register.child)?;
+    let status = wait_exit(&mut register.child)?;
+    assert!(status.success(), "{status}");
+    assert_eq!(register.next(1)?, [format!("deregistered {key}")]);
+    // Gone at once (the lease was revoked), not after the TTL.
+    assert_eq!(resolved(&etcd, "user.rpc")?, Vec::<String>::new());
+
+    // grpc-go's format, with its address as the key; SIGINT works too.
+    let mut cmd = switchboard();
+    cmd.args([
+        "register",
+        "--etcd",
+        &etcd.hosts(),
+        "--key",
+        "greeter",
+        "--addr",
+        "127.0.0.1:9002",
+        "--format",
+        "etcd-naming",
+    ]);
+    let mut register = Lines::spawn(cmd)?;
+    let line = register.next(1)?.remove(0);
+    assert!(
+        line.starts_with("registered greeter/127.0.0.1:9002 → 127.0.0.1:9002 (lease ")
+            && line.ends_with(", ttl 10s)"),
+        "{line}"
+    );
+    let value = etcd.etcdctl(&["get", "greeter/127.0.0.1:9002", "--print-value-only"])?;
+    let value: serde_json::Value = serde_json::from_str(value.trim())?;
+    assert_eq!(value["Addr"], "127.0.0.1:9002", "{value}");
+    assert_eq!(value["Op"], 0, "{value}");
+    kill(
+        Pid::from_raw(i32::try_from(register.child.id())?),
+        Signal::SIGINT,
+    )?;
+    assert!(wait_exit(&mut register.child)?.success());
+    assert_eq!(resolved(&etcd, "greeter")?, Vec::<String>::new());
+    Ok(())
+}
+
+#[test]
+fn register_fails_clearly_on_bad_input_and_unreachable_etcd() -> Result<()> {
+    let port = free_port()?;
+    let etcd = format!("127.0.0.1:{port}");
+    let run = |args: &[&str]| -> Result<(bool, String)> {
+        let out = switchboard()
+            .args(["register", "--etcd", &etcd, "--key", "svc"])
+            .args(args)
+            .output()?;
+        Ok((out.status.success(), String::from_utf8(out.stderr)?))
+    };
+    let started = Instant::now();
+    let (ok, stderr) = run(&["--addr", "127.0.0.1:9001", "--timeout", "2"])?;
+    assert!(!ok);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains(&format!("registering in etcd at 127.0.0.1:{port}"))
+            && stderr.contains("could not register within 2s"),
+        "{stderr}"
+    );
+    let (ok, stderr) = run(&["--addr", "nowhere"])?;
+    assert!(
+        !ok && stderr.contains("address: `nowhere` has no port"),
+        "{stderr}"
+    );
+    let (ok, stderr) = run(&["--addr", "127.0.0.1:9001", "--ttl", "1"])?;
+    assert!(
+        !ok && stderr.contains("below etcd's minimum of 2s"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+/// An HTTP server on 127.0.0.1 with `app`'s routes; stops when the test's runtime does.
+async fn serve(app: Router) -> Result<String> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", free_port()?)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(format!("http://{addr}"))
+}
+
+/// `switchboard status --gateway URL [extra…]`, run off the test's runtime.
+async fn status(url: &str, extra: &[&str]) -> Result<(bool, String, String)> {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    cmd.args(["status", "--gateway", url])
+        .args(extra)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(PATIENCE, cmd.output()).await??;
+    Ok((
+        out.status.success(),
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_prints_a_balancers_snapshot_as_a_table() -> Result<()> {
+    let a = TestServer::start("a").await?;
+    let b = TestServer::start("b").await?;
+    let yaml = format!("Endpoints: [{}, {}]\n", a.addr(), b.addr());
+    let client = switchboard::Client::connect(switchboard::ClientConfig::from_yaml(&yaml)?).await?;
+    let deadline = Instant::now() + PATIENCE;
+    while client.balancer().snapshot().ready() < 2 {
+        if Instant::now() > deadline {
+            bail!("not READY: {:?}", client.balancer().snapshot());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut users = UserClient::new(client.channel());
+    for _ in 0..4 {
+        users.register(RegisterRequest::default()).await?;
+    }
+    // What the gateway serves at /debug/switchboard.
+    let balancer = client.clone();
+    let url = serve(Router::new().route(
+        "/debug/switchboard",
+        get(move || {
+            let snapshot = balancer.balancer().snapshot();
+            async move { axum::Json(snapshot) }
+        }),
+    ))
+    .await?;
+
+    let (ok, stdout, stderr) = status(&url, &[]).await?;
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("target: {},{}", a.addr(), b.addr()),
+        "{stdout}"
+    );
+    assert_eq!(lines[1], "state:  READY", "{stdout}");
+    let header: Vec<&str> = lines[3].split("  ").filter(|c| !c.is_empty()).collect();
+    assert_eq!(
+        header.iter().map(|c| c.trim()).collect::<Vec<_>>(),
+        [
+            "KEY",
+            "ADDR",
+            "STATE",
+            "HEALTH",
+            "EJECTED",
+            "IN-FLIGHT",
+            "STARTED",
+            "SUCCEEDED",
+            "FAILED",
+            "CONNECTS",
+            "LAST ERROR"
+        ],
+        "{stdout}"
+    );
+    // Columns are aligned: every row's address starts where the header's does.
+    let addr_column = lines[3].find("ADDR").context("ADDR")?;
+    let mut started = 0;
+    let mut addrs = Vec::new();
+    for line in &lines[4..] {
+        let addr = line.get(addr_column..).unwrap_or_default();
+        let cells: Vec<&str> = addr.split_whitespace().collect();
+        addrs.push(cells[0].to_owned());
+        assert_eq!(cells[1], "READY", "{stdout}");
+        started += cells[5].parse::<u64>()?;
+        assert_eq!(cells[5], cells[6], "every call succeeded: {stdout}");
+        assert_eq!(cells[7], "0", "{stdout}");
+    }
+    addrs.sort();
+    let mut expected = vec![a.addr().to_string(), b.addr().to_string()];
+    expected.sort();
+    assert_eq!(addrs, expected, "{stdout}");
+    assert_eq!(lines.len(), 6, "{stdout}");
+    assert_eq!(started, 4, "{stdout}");
+
+    let (ok, stdout, stderr) = status(&url, &["--json"]).await?;
+    assert!(ok, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout)?;
+    assert_eq!(json["state"], "READY");
+    assert_eq!(
+        json["subchannels"].as_array().map(Vec::len),
+        Some(2),
+        "{json}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn status_shows_health_and_ejection_and_fails_on_garbage() -> Result<()> {
+    let snapshot = r#"{"target":"user.rpc","state":"TRANSIENT_FAILURE","subchannels":[
+        {"key":"user.rpc/1","addr":"127.0.0.1:9001","state":"TRANSIENT_FAILURE",
+         "health":"NOT_SERVING","ejected":true,"weight":1,"calls_started":7,
+         "calls_succeeded":3,"calls_failed":4,"in_flight":0,"connects":5,
+         "last_state_change_ms":1,"last_error":"connecting to 127.0.0.1:9001: refused"},
+        {"key":"user.rpc/2","addr":"127.0.0.1:9002","state":"IDLE","weight":1,
+         "calls_started":0,"calls_succeeded":0,"calls_failed":0,"in_flight":0,
+         "connects":0,"last_state_change_ms":1,"last_error":null}]}"#;
+    let url = serve(
+        Router::new()
+            .route("/debug/switchboard", get(move || async move { snapshot }))
+            .route(
+                "/garbage/debug/switchboard",
+                get(|| async { "<html>hello</html>" }),
+            ),
+    )
+    .await?;
+    let (ok, stdout, stderr) = status(&url, &[]).await?;
+    assert!(ok, "{stderr}");
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .skip(4)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "user.rpc/1",
+            "127.0.0.1:9001",
+            "TRANSIENT_FAILURE",
+            "NOT_SERVING",
+            "yes",
+            "0",
+            "7",
+            "3",
+            "4",
+            "5",
+            "connecting",
+            "to",
+            "127.0.0.1:9001:",
+            "refused"
+        ],
+        "{stdout}"
+    );
+    // A gateway whose snapshot has no health or ejection yet: `-`.
+    assert_eq!(
+        rows[1],
+        [
+            "user.rpc/2",
+            "127.0.0.1:9002",
+            "IDLE",
+            "-",
+            "-",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "-"
+        ],
+        "{stdout}"
+    );
+    let (ok, stdout, _) = status(&url, &["--json"]).await?;
+    assert!(ok);
+    assert_eq!(stdout.trim_end(), snapshot);
+
+    let (ok, stdout, stderr) = status(&format!("{url}/garbage"), &[]).await?;
+    assert!(!ok && stdout.is_empty());
+    assert!(
+        stderr.contains("did not answer a switchboard snapshot") && stderr.contains("<html>hello"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = status(&format!("{url}/nothing"), &[]).await?;
+    assert!(!ok && stderr.contains("404 Not Found"), "{stderr}");
+    let port = free_port()?;
+    let (ok, _, stderr) = status(&format!("127.0.0.1:{port}"), &[]).await?;
+    assert!(
+        !ok && stderr.contains(&format!(
+            "cannot get the snapshot from the gateway at http://127.0.0.1:{port}/debug/switchboard"
+        )) && stderr.contains("Connection refused"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = status("https://127.0.0.1:1", &[]).await?;
+    assert!(
+        !ok && stderr.contains("only http:// is supported"),
+        "{stderr}"
+    );
     Ok(())
 }

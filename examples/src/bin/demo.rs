@@ -12,6 +12,9 @@
 //!
 //! `--registry memory` (or `auto`, the default, when etcd cannot be started) runs the instances
 //! and the gateway inside the demo process over an in-memory registry instead, and says so.
+//!
+//! It prints the address of the gateway's live dashboard; `--hold 60s` keeps everything running
+//! for a minute after the traffic stops, to look at it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -45,6 +48,10 @@ struct Args {
     /// process), or `auto` (etcd, else memory).
     #[arg(long, default_value = "auto", value_parser = ["auto", "etcd", "memory"])]
     registry: String,
+    /// How long to keep etcd, the instances and the gateway running after the traffic, with
+    /// the dashboard up: `60s`, `500ms`.
+    #[arg(long, default_value = "0s", value_parser = switchboard_examples::parse_duration)]
+    hold: Duration,
 }
 
 /// Where the instances register.
@@ -325,6 +332,7 @@ async fn main() -> Result<()> {
     let gateway_addr = format!("127.0.0.1:{}", free_port()?);
     let _gateway = registry.gateway(&gateway_addr)?;
     wait_http(&gateway_addr).await?;
+    println!("   dashboard: http://{gateway_addr}/debug/switchboard/ui");
 
     println!(
         "3. traffic: {CLIENTS} HTTP clients → gateway → user.rpc (requests per instance, per second)"
@@ -401,6 +409,16 @@ async fn main() -> Result<()> {
         std::process::exit(1);
     }
     println!("OK: traffic followed {source} live, with no failed request");
+    if !args.hold.is_zero() {
+        println!(
+            "holding for {:?}: dashboard at http://{gateway_addr}/debug/switchboard/ui",
+            args.hold
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(args.hold) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
     drop(instances);
     drop(registry);
     Ok(())
