@@ -6,6 +6,8 @@
 //! (`bash scripts/setup.sh --browser` installs Debian's `chromium`). Without one the browser
 //! test is skipped, saying why, except under CI (`CI` set), where it fails.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -15,10 +17,9 @@ use anyhow::{Context, Result, bail};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+use support::UserRpc;
 use switchboard_testkit::{Etcd, TestServer, free_port};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// The bound on every wait in these tests.
@@ -162,46 +163,6 @@ async fn the_gateway_serves_prometheus_metrics_and_the_dashboard_page() -> Resul
     Ok(())
 }
 
-/// A `user-rpc` process registered in etcd, killed when dropped.
-struct UserRpc {
-    child: Child,
-    /// The address it registered.
-    addr: String,
-}
-
-impl UserRpc {
-    async fn start(name: &str, etcd: &Etcd) -> Result<Self> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_user-rpc"))
-            .args(["--name", name, "--listen", "127.0.0.1:0", "--etcd"])
-            .arg(etcd.hosts())
-            .args(["--key", "user.rpc", "--grace", "500ms"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(PATIENCE, async {
-            while let Some(line) = lines.next_line().await? {
-                if line.starts_with("registered ") {
-                    return Ok(line);
-                }
-            }
-            bail!("{name} exited before registering")
-        })
-        .await
-        .with_context(|| format!("{name} did not register within 30 s"))??;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let addr = line
-            .split_whitespace()
-            .nth(1)
-            .context("registered ADDR")?
-            .to_owned();
-        Ok(Self { child, addr })
-    }
-}
-
 /// The headless browser: `CHROME_BIN`, else `chromium` or `chromium-browser` on the `PATH`.
 fn browser() -> Option<PathBuf> {
     if let Some(bin) = std::env::var_os("CHROME_BIN").filter(|b| !b.is_empty()) {
@@ -331,8 +292,7 @@ async fn the_dashboard_shows_each_instance_and_a_stopped_one_changes() -> Result
 
     // One instance dies (kill -9): its row leaves READY (or goes), the others stay READY.
     let stopped = instances.remove(1);
-    let pid = stopped.child.id().context("running")?;
-    kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGKILL)?;
+    stopped.signal(Signal::SIGKILL)?;
     gateway.traffic(10).await?;
     let page = load_until(&browser, profile.path(), &url, |page| {
         page.rows

@@ -1,68 +1,21 @@
 //! End to end, as a gateway sees it: a real etcd, `user-rpc` processes that register
 //! themselves, and the gateway's typed client built from a client config.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use anyhow::{Context, Result};
+use nix::sys::signal::Signal;
+use support::UserRpc;
 use switchboard::{CallOptions, Client, ClientConfig};
 use switchboard_examples::gateway::User;
 use switchboard_examples::user::GetUserInfoRequest;
 use switchboard_testkit::{BlackHoleServer, Etcd};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tonic::Code;
-
-/// A `user-rpc` process, killed when dropped.
-struct UserRpc {
-    child: Child,
-    /// The address it registered.
-    addr: String,
-}
-
-impl UserRpc {
-    async fn start(name: &str, etcd: &Etcd) -> Result<Self> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_user-rpc"))
-            .args(["--name", name, "--listen", "127.0.0.1:0", "--etcd"])
-            .arg(etcd.hosts())
-            .args(["--key", "user.rpc", "--grace", "500ms"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await? {
-                if line.starts_with("registered ") {
-                    return Ok(line);
-                }
-            }
-            bail!("{name} exited before registering")
-        })
-        .await
-        .with_context(|| format!("{name} did not register within 30 s"))??;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let addr = line
-            .split_whitespace()
-            .nth(1)
-            .context("registered ADDR")?
-            .to_owned();
-        Ok(Self { child, addr })
-    }
-
-    fn signal(&self, signal: Signal) -> Result<()> {
-        let pid = self.child.id().context("exited")?;
-        kill(Pid::from_raw(i32::try_from(pid)?), signal)?;
-        Ok(())
-    }
-}
 
 async fn three(etcd: &Etcd) -> Result<Vec<UserRpc>> {
     let mut instances = Vec::new();
