@@ -610,7 +610,6 @@ impl<C: Connector> Worker<C> {
     }
 }
 
-
 /// The next tick of `interval`, or never without one.
 async fn tick(interval: &mut Option<Interval>) {
     match interval {
