@@ -1,6 +1,7 @@
 //! State shared by the balancer's handles, its worker and its sub-channels: the picker
 //! snapshot, the channel state, and the sub-channel list for introspection.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
@@ -32,7 +33,8 @@ pub(crate) struct Inner<S> {
     generation: AtomicU64,
     changed: Notify,
     state: watch::Sender<ConnectivityState>,
-    members: Mutex<Vec<Arc<Shared>>>,
+    /// Every sub-channel not yet SHUTDOWN, by instance key and id.
+    members: Mutex<BTreeMap<(String, u64), Arc<Shared>>>,
 }
 
 impl<S> Inner<S> {
@@ -43,7 +45,7 @@ impl<S> Inner<S> {
             generation: AtomicU64::new(0),
             changed: Notify::new(),
             state: watch::Sender::new(ConnectivityState::Connecting),
-            members: Mutex::new(Vec::new()),
+            members: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -105,16 +107,28 @@ impl<S> Inner<S> {
         self.state.subscribe()
     }
 
-    pub(crate) fn set_members(&self, members: Vec<Arc<Shared>>) {
-        *self.members.lock().unwrap_or_else(|e| e.into_inner()) = members;
+    pub(crate) fn add_member(&self, member: &Arc<Shared>) {
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((member.key.clone(), member.id), member.clone());
+    }
+
+    pub(crate) fn remove_member(&self, member: &Shared) {
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(member.key.clone(), member.id));
     }
 
     pub(crate) fn snapshot(&self) -> ChannelSnapshot {
-        let members = self
+        let members: Vec<Arc<Shared>> = self
             .members
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
+            .values()
+            .cloned()
+            .collect();
         let subchannels = members
             .iter()
             .map(|m| {

@@ -13,7 +13,8 @@ pub struct ChannelSnapshot {
     pub target: String,
     /// The aggregate state.
     pub state: ConnectivityState,
-    /// One entry per sub-channel, in instance-key order, then those still draining.
+    /// One entry per sub-channel not yet SHUTDOWN (draining ones included), in instance-key
+    /// order.
     pub subchannels: Vec<SubchannelSnapshot>,
 }
 

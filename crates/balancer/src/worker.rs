@@ -92,7 +92,6 @@ pub(crate) struct Worker<C: Connector> {
     last_error: Option<String>,
     ready_dirty: bool,
     dirty: bool,
-    members_dirty: bool,
 }
 
 impl<C: Connector> Worker<C> {
@@ -126,7 +125,6 @@ impl<C: Connector> Worker<C> {
             last_error: None,
             ready_dirty: false,
             dirty: false,
-            members_dirty: false,
         }
     }
 
@@ -154,16 +152,12 @@ impl<C: Connector> Worker<C> {
                 }
                 Some(event) = self.events.recv() => {
                     self.on_event(event);
-                    while let Ok(event) = self.events.try_recv() {
-                        self.on_event(event);
-                    }
+                    self.drain_queued(&mut resolution).await;
                 }
                 update = resolution.next_update(), if resolving => match update {
                     Some(update) => {
                         self.apply(update);
-                        while let Some(update) = resolution.try_next_update() {
-                            self.apply(update);
-                        }
+                        self.drain_queued(&mut resolution).await;
                     }
                     None => {
                         warn!(target = %self.config.target, "the resolver stopped: keeping the last instance set");
@@ -186,6 +180,29 @@ impl<C: Connector> Worker<C> {
                 self.config.target
             ))));
         self.inner.set_state(ConnectivityState::Shutdown);
+    }
+
+    /// Handles every event and update already queued. Under a burst (thousands of instances
+    /// added or removed, their sub-channels reporting), it lets the tasks that produce them
+    /// run and takes the next batch before publishing, so that one picker and one state are
+    /// computed per burst rather than per small batch.
+    async fn drain_queued(&mut self, resolution: &mut Resolution) {
+        const BURST: usize = 64;
+        loop {
+            let mut handled = 0;
+            while let Ok(event) = self.events.try_recv() {
+                self.on_event(event);
+                handled += 1;
+            }
+            while let Some(update) = resolution.try_next_update() {
+                self.apply(update);
+                handled += 1;
+            }
+            if handled < BURST {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     fn apply(&mut self, update: Update) {
@@ -297,7 +314,7 @@ impl<C: Connector> Worker<C> {
         );
         let span = info_span!("subchannel", addr = %instance.addr);
         tokio::spawn(driver.run().instrument(span));
-        self.members_dirty = true;
+        self.inner.add_member(&shared);
         Some(Sub {
             shared,
             drain,
@@ -317,11 +334,12 @@ impl<C: Connector> Worker<C> {
         if self.sticky == Some(sub.id()) {
             self.sticky = None;
         }
-        if sub.state != ConnectivityState::Shutdown {
+        if sub.state == ConnectivityState::Shutdown {
+            self.inner.remove_member(&sub.shared);
+        } else {
             self.draining.insert(sub.id(), sub.shared.clone());
         }
         let _ = sub.drain.send(true);
-        self.members_dirty = true;
         self.dirty = true;
     }
 
@@ -386,7 +404,6 @@ impl<C: Connector> Worker<C> {
     }
 
     fn on_event(&mut self, event: Event<C::Sender>) {
-        self.dirty = true;
         let id = event.id();
         let failed = match &event {
             Event::State { state, .. } => *state == ConnectivityState::TransientFailure,
@@ -406,12 +423,14 @@ impl<C: Connector> Worker<C> {
                     state: ConnectivityState::Shutdown,
                     ..
                 }
-            ) && self.draining.remove(&id).is_some()
-            {
-                self.members_dirty = true;
+            ) {
+                if let Some(shared) = self.draining.remove(&id) {
+                    self.inner.remove_member(&shared);
+                }
             }
             return;
         };
+        self.dirty = true;
         let initial_health = self.initial_health();
         let Some(slot) = self.slots.get_mut(&key) else {
             return;
@@ -472,21 +491,8 @@ impl<C: Connector> Worker<C> {
             .map(|s| s.shared.clone())
     }
 
-    /// Publishes the picker snapshot, the channel state and the sub-channel list if they
-    /// changed.
+    /// Publishes the picker snapshot and the channel state if they changed.
     fn publish(&mut self) {
-        if self.members_dirty {
-            self.members_dirty = false;
-            let mut members: Vec<Arc<Shared>> = Vec::with_capacity(self.slots.len());
-            for slot in self.slots.values() {
-                members.push(slot.current.shared.clone());
-                if let Some(p) = &slot.previous {
-                    members.push(p.shared.clone());
-                }
-            }
-            members.extend(self.draining.values().cloned());
-            self.inner.set_members(members);
-        }
         if !self.dirty && !self.ready_dirty {
             return;
         }
