@@ -1,0 +1,231 @@
+//! The contenders (a direct tonic channel, tonic's balanced channel, switchboard's client) and
+//! the closed-loop load that drives them: `C` callers, each sending the next unary RPC as soon
+//! as the last one answered, for a bounded time.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use hdrhistogram::Histogram;
+use switchboard::ClientConfig;
+use switchboard::balancer::Policy;
+use switchboard_testkit::proto::user::GetUserInfoRequest;
+use switchboard_testkit::proto::user::user_client::UserClient;
+use tonic::transport::channel::Change;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::limits::cpu_time;
+
+/// No caller sends more RPCs than this in one run, however fast the servers are.
+const MAX_RPCS_PER_CALLER: u64 = 20_000_000;
+
+/// How long a switchboard client may take until every sub-channel is READY.
+const READY_LIMIT: Duration = Duration::from_secs(30);
+
+/// One way of sending RPCs, cheap to clone (each caller owns a clone, as an application's
+/// tasks would).
+#[derive(Clone)]
+pub(crate) enum Caller {
+    /// A tonic `Channel`: direct, or `balance_channel` (whose sender is kept so that the
+    /// endpoint set stays as it was set).
+    Tonic {
+        /// The typed client.
+        client: UserClient<Channel>,
+        /// `balance_channel`'s sender of endpoint changes.
+        _discovery: Option<Arc<tokio::sync::mpsc::Sender<Change<usize, Endpoint>>>>,
+    },
+    /// switchboard's facade: `Client` and its `Channel`.
+    Switchboard(UserClient<switchboard::Channel>, switchboard::Client),
+}
+
+impl Caller {
+    /// A direct tonic `Channel` to `addr`, with tonic's defaults.
+    pub(crate) async fn tonic_direct(addr: SocketAddr) -> Result<Self> {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await
+            .with_context(|| format!("tonic connecting to {addr}"))?;
+        Ok(Self::Tonic {
+            client: UserClient::new(channel),
+            _discovery: None,
+        })
+    }
+
+    /// tonic's `Channel::balance_channel` over `addrs`, with tonic's defaults.
+    pub(crate) async fn tonic_balance(addrs: &[SocketAddr]) -> Result<Self> {
+        let (channel, tx) = Channel::balance_channel(64);
+        for (i, addr) in addrs.iter().enumerate() {
+            let endpoint = Endpoint::from_shared(format!("http://{addr}"))?;
+            tx.send(Change::Insert(i, endpoint))
+                .await
+                .context("tonic's balance channel closed")?;
+        }
+        let caller = Self::Tonic {
+            client: UserClient::new(channel),
+            _discovery: Some(Arc::new(tx)),
+        };
+        caller.warm(addrs.len()).await?;
+        Ok(caller)
+    }
+
+    /// switchboard's `Client` over the fixed `addrs`, with the facade's defaults (2 s
+    /// deadline, up to 3 attempts on UNAVAILABLE, keepalive 20 s) and `policy`.
+    pub(crate) async fn switchboard(addrs: &[SocketAddr], policy: Policy) -> Result<Self> {
+        let mut config = ClientConfig::endpoints(addrs.iter().map(ToString::to_string));
+        config.policy = policy;
+        Self::switchboard_with(config, addrs.len()).await
+    }
+
+    /// switchboard's `Client` from `config`, once `ready` sub-channels are READY.
+    pub(crate) async fn switchboard_with(config: ClientConfig, ready: usize) -> Result<Self> {
+        let client = switchboard::Client::connect(config).await?;
+        let deadline = Instant::now() + READY_LIMIT;
+        while client.balancer().snapshot().ready() < ready {
+            if Instant::now() > deadline {
+                bail!("{ready} sub-channels not READY within {READY_LIMIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(Self::Switchboard(UserClient::new(client.channel()), client))
+    }
+
+    /// The switchboard client, if this is one.
+    pub(crate) fn client(&self) -> Option<&switchboard::Client> {
+        match self {
+            Self::Switchboard(_, c) => Some(c),
+            Self::Tonic { .. } => None,
+        }
+    }
+
+    /// One unary `GetUserInfo` with a 1-byte request; the name of the instance that answered.
+    pub(crate) async fn call(&mut self) -> Result<String, tonic::Status> {
+        let request = GetUserInfoRequest { id: 1 };
+        let reply = match self {
+            Self::Tonic { client, .. } => client.get_user_info(request).await?,
+            Self::Switchboard(c, _) => c.get_user_info(request).await?,
+        };
+        Ok(reply.into_inner().instance)
+    }
+
+    /// Sends RPCs until `n` distinct instances have answered (at most 5 s).
+    async fn warm(&self, n: usize) -> Result<()> {
+        let mut me = self.clone();
+        let mut seen = std::collections::HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.len() < n && Instant::now() < deadline {
+            if let Ok(name) = me.call().await {
+                seen.insert(name);
+            }
+        }
+        if seen.len() < n {
+            bail!("only {} of {n} instances answered within 5 s", seen.len());
+        }
+        Ok(())
+    }
+}
+
+/// What one run of the load measured.
+pub(crate) struct Sample {
+    /// Successful RPCs.
+    pub(crate) ok: u64,
+    /// Failed RPCs.
+    pub(crate) errors: u64,
+    /// Wall time of the run.
+    pub(crate) elapsed: Duration,
+    /// Client CPU time (user + system) during the run.
+    pub(crate) cpu: Duration,
+    /// Latency of successful RPCs, in microseconds.
+    pub(crate) latency: Histogram<u64>,
+    /// The same, per answering instance, when asked for.
+    pub(crate) by_instance: HashMap<String, Histogram<u64>>,
+}
+
+impl Sample {
+    /// Successful RPCs per second.
+    pub(crate) fn rps(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// A latency quantile in microseconds.
+    pub(crate) fn quantile_us(&self, q: f64) -> f64 {
+        self.latency.value_at_quantile(q) as f64
+    }
+
+    /// Client CPU time per successful RPC, in microseconds.
+    pub(crate) fn cpu_per_rpc_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.ok.max(1) as f64
+    }
+}
+
+/// A histogram of microseconds from 1 µs to 100 s, 3 significant digits.
+pub(crate) fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+/// Runs `concurrency` callers on `caller` for `duration`; with `by_instance`, also keeps a
+/// histogram per answering instance.
+pub(crate) async fn run(
+    caller: &Caller,
+    concurrency: usize,
+    duration: Duration,
+    by_instance: bool,
+) -> Result<Sample> {
+    let started = Instant::now();
+    let until = started + duration;
+    let cpu_before = cpu_time();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let mut me = caller.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latency = histogram();
+            let mut per: HashMap<String, Histogram<u64>> = HashMap::new();
+            let (mut ok, mut errors) = (0u64, 0u64);
+            while ok + errors < MAX_RPCS_PER_CALLER {
+                let t = Instant::now();
+                if t >= until {
+                    break;
+                }
+                match me.call().await {
+                    Ok(instance) => {
+                        let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        latency.saturating_record(us);
+                        if by_instance {
+                            per.entry(instance)
+                                .or_insert_with(histogram)
+                                .saturating_record(us);
+                        }
+                        ok += 1;
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (latency, per, ok, errors)
+        }));
+    }
+    let mut sample = Sample {
+        ok: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        cpu: Duration::ZERO,
+        latency: histogram(),
+        by_instance: HashMap::new(),
+    };
+    for task in tasks {
+        let (latency, per, ok, errors) = task.await?;
+        sample.latency.add(&latency)?;
+        for (name, h) in per {
+            sample
+                .by_instance
+                .entry(name)
+                .or_insert_with(histogram)
+                .add(&h)?;
+        }
+        sample.ok += ok;
+        sample.errors += errors;
+    }
+    sample.elapsed = started.elapsed();
+    sample.cpu = cpu_time().saturating_sub(cpu_before);
+    Ok(sample)
+}
