@@ -26,4 +26,7 @@ cargo test -q --workspace --doc
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --no-deps
 
+step "fuzzing: every target for 10 s"
+bash scripts/fuzz.sh 10
+
 step "all checks passed"

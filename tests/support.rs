@@ -4,6 +4,8 @@
 use std::time::{Duration, Instant};
 
 pub mod balancing;
+pub mod census;
+pub mod load;
 
 use anyhow::{Result, anyhow, bail};
 use etcd_client::{Client, GetOptions};

@@ -625,3 +625,6 @@ async fn tick(interval: &mut Option<Interval>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;

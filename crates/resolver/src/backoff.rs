@@ -14,7 +14,9 @@ pub struct BackoffConfig {
     pub multiplier: f64,
     /// Relative spread of each delay, 0 to 1. Defaults to 0.2.
     pub jitter: f64,
-    /// Cap on the delay before jitter. Defaults to 5 s.
+    /// Cap on the delay before jitter. Defaults to 1 s, so that a resolver or a registrar
+    /// finds etcd again within about a second of its return after a long outage; a refused
+    /// connection attempt a second costs etcd nothing worth saving.
     pub max: Duration,
 }
 
@@ -24,7 +26,7 @@ impl Default for BackoffConfig {
             initial: Duration::from_millis(100),
             multiplier: 1.6,
             jitter: 0.2,
-            max: Duration::from_secs(5),
+            max: Duration::from_secs(1),
         }
     }
 }

@@ -54,8 +54,15 @@ impl ServerProcess {
     /// Starts `bin --name NAME --port PORT` (0 = a free port) and waits, at most 30 s, until it
     /// prints the address it listens on.
     pub async fn spawn(bin: &Path, name: &str, port: u16) -> Result<Self> {
+        Self::spawn_with(bin, name, port, &[]).await
+    }
+
+    /// [`ServerProcess::spawn`] with more arguments after `--name` and `--port` (such as
+    /// `--etcd HOSTS --key KEY`, with which it registers itself).
+    pub async fn spawn_with(bin: &Path, name: &str, port: u16, args: &[&str]) -> Result<Self> {
         let mut child = Command::new(bin)
             .args(["--name", name, "--port", &port.to_string()])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -645,4 +645,55 @@ proptest! {
             }
         }
     }
+
+    #[test]
+    fn pick_first_picks_the_sticky_endpoint_else_the_first_in_order(
+        n in 1usize..100,
+        sticky in 0usize..150,
+        seed: u64,
+    ) {
+        let picker = Policy::PickFirst.build(mocks(n), seed, |m| m.id == sticky);
+        let expected = if sticky < n { sticky } else { 0 };
+        for _ in 0..10 {
+            prop_assert_eq!(picked(&picker), expected);
+        }
+    }
+
+    #[test]
+    fn p2c_never_picks_the_single_most_loaded(
+        loads in proptest::collection::vec(0u64..1_000, 2..50),
+        seed: u64,
+    ) {
+        let max = loads.iter().copied().max().unwrap_or(0);
+        prop_assume!(loads.iter().filter(|l| **l == max).count() == 1);
+        let busiest = loads.iter().position(|l| *l == max).unwrap_or(0);
+        let ready: Vec<Mock> = loads
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Mock::new(i).in_flight(*l))
+            .collect();
+        let picker = Policy::P2c.build(ready, seed, |_| false);
+        for _ in 0..20 * loads.len() {
+            prop_assert_ne!(picked(&picker), busiest);
+        }
+    }
+
+    #[test]
+    fn weighted_round_robin_never_starves_an_endpoint(
+        weights in proptest::collection::vec(1u32..20, 1..20),
+        seed: u64,
+    ) {
+        let n = weights.len();
+        let ready: Vec<Mock> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Mock::new(i).weight(*w))
+            .collect();
+        let picker = Policy::WeightedRoundRobin.build(ready, seed, |_| false);
+        let total: u32 = weights.iter().sum();
+        // Weights within 10× of each other are served in proportion: over enough whole
+        // rounds every endpoint is picked at least once.
+        let counts = counts(&picker, n, 4 * total as usize);
+        prop_assert!(counts.iter().all(|c| *c > 0), "{:?} for weights {:?}", counts, weights);
+    }
 }

@@ -235,7 +235,7 @@ impl EtcdConfig {
         self
     }
 
-    /// Backoff between attempts after a failure. Defaults to 100 ms × 1.6ⁿ, ±20 %, at most 5 s.
+    /// Backoff between attempts after a failure. Defaults to 100 ms × 1.6ⁿ, ±20 %, at most 1 s.
     pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
         self.backoff = backoff;
         self

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target in fuzz/ for a bounded time each: scripts/fuzz.sh [SECONDS]
+# (20 s per target by default). Needs a nightly toolchain; installs cargo-fuzz when missing.
+# New inputs go to fuzz/corpus/TARGET, crashes to fuzz/artifacts/TARGET. Exits non-zero if any
+# target found a crash, naming it and the input that reproduces it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds="${1:-20}"
+if ! [[ "$seconds" =~ ^[1-9][0-9]*$ ]]; then
+  echo "usage: scripts/fuzz.sh [SECONDS]   (seconds per target, default 20)" >&2
+  exit 2
+fi
+
+bash scripts/setup.sh
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  echo "fuzz: installing a nightly toolchain (cargo-fuzz needs one)"
+  if ! rustup toolchain install nightly --profile minimal </dev/null; then
+    echo "fuzz: no nightly toolchain and rustup could not install one:" >&2
+    echo "      run 'rustup toolchain install nightly', then run this again" >&2
+    exit 1
+  fi
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "fuzz: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
+
+cd fuzz
+mapfile -t targets < <(cargo +nightly fuzz list)
+echo "fuzz: building ${#targets[@]} targets"
+cargo +nightly fuzz build
+failed=()
+for target in "${targets[@]}"; do
+  echo "fuzz: $target for ${seconds} s"
+  mkdir -p "corpus/$target"
+  # Seeds are read, new inputs land in corpus/; a per-input timeout catches hangs.
+  if ! cargo +nightly fuzz run "$target" "corpus/$target" "seeds/$target" -- \
+    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 </dev/null; then
+    failed+=("$target")
+  fi
+done
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "fuzz: crashes in ${failed[*]}; inputs in fuzz/artifacts/ (reproduce: cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/FILE)" >&2
+  exit 1
+fi
+echo "fuzz: ${#targets[@]} targets, ${seconds} s each, no crash"
