@@ -77,6 +77,42 @@ async fn a_removed_instance_finishes_its_stream_then_its_connection_closes() -> 
 }
 
 #[tokio::test]
+async fn a_stream_outliving_the_drain_timeout_is_cut_and_the_connection_closed() -> Result<()> {
+    init_tracing();
+    let a = TestServer::start("a").await?;
+    let drain = Duration::from_millis(300);
+    let (publisher, balancer) = start_balancer(Balancer::builder().drain_timeout(drain))?;
+    send(&publisher, Update::Reset(vec![instance("a", a.addr())])).await?;
+    wait_ready(&balancer, 1).await?;
+
+    // A stream of 100 events a second apart: it would outlive the drain by far.
+    let mut client = client(&balancer);
+    let mut stream = watch_events(&mut client, 100, Duration::from_secs(1)).await?;
+    stream.message().await?.expect("a first event");
+    let removed = Instant::now();
+    send(&publisher, Update::Remove("a".into())).await?;
+    let end = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    let cut_after = removed.elapsed();
+    ensure!(end.is_err(), "the stream was cut, not completed: {end:?}");
+    ensure!(
+        cut_after >= drain,
+        "cut after {cut_after:?}, before the drain timeout"
+    );
+    ensure!(cut_after < T, "cut after {cut_after:?}");
+    wait_until("the connection closes", || a.connections() == 0).await?;
+    wait_snapshot(&balancer, "the sub-channel is gone", |s| {
+        s.subchannels.is_empty()
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_address_change_under_the_same_key_moves_traffic_without_failures() -> Result<()> {
     init_tracing();
     let old = TestServer::start("old").await?;

@@ -3,7 +3,7 @@
 
 use std::error::Error as StdError;
 use std::future::Future;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,12 +135,11 @@ async fn connect(
     keepalive: Option<Duration>,
 ) -> Result<Connection<Sender>, String> {
     let tcp = connect_tcp(options, addr, keepalive).await?;
-    // A second handle on the socket, to shut it down when a drain times out.
-    let closer = SockRef::from(&tcp)
-        .try_clone()
-        .map_err(|e| format!("socket: {e}"))?;
     let stream = wrap_tls(options, addr, tcp).await?;
     let (io, first_frame) = SettingsWatch::new(stream);
+    // Fails the connection's I/O when a drain times out: hyper's connection task then ends,
+    // and closes the socket.
+    let closer = io.abort_handle();
 
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
@@ -181,9 +180,7 @@ async fn connect(
     Ok(Connection {
         sender,
         closed,
-        abort: Box::new(move || {
-            let _ = closer.shutdown(Shutdown::Both);
-        }),
+        abort: Box::new(move || closer.abort()),
     })
 }
 

@@ -8,8 +8,11 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -84,12 +87,37 @@ impl AsyncWrite for Stream {
 /// What the first bytes from the server were.
 pub(crate) type FirstFrame = Result<(), String>;
 
-/// Passes bytes through and reports, once, whether the server's first frame is SETTINGS.
+/// Passes bytes through and reports, once, whether the server's first frame is SETTINGS. It
+/// can also be aborted from outside: every read and write fails from then on, which ends the
+/// HTTP/2 connection that owns it (and closes the socket) wherever it runs.
 pub(crate) struct SettingsWatch<T> {
     inner: T,
     header: [u8; 9],
     seen: usize,
     report: Option<oneshot::Sender<FirstFrame>>,
+    abort: Arc<AbortState>,
+}
+
+#[derive(Debug, Default)]
+struct AbortState {
+    aborted: AtomicBool,
+    /// The task reading from the connection, woken by an abort.
+    reader: AtomicWaker,
+}
+
+/// Aborts the connection of a [`SettingsWatch`].
+#[derive(Clone, Debug)]
+pub(crate) struct AbortHandle(Arc<AbortState>);
+
+impl AbortHandle {
+    pub(crate) fn abort(&self) {
+        self.0.aborted.store(true, Ordering::Release);
+        self.0.reader.wake();
+    }
+}
+
+fn aborted() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "connection aborted")
 }
 
 impl<T> SettingsWatch<T> {
@@ -100,8 +128,18 @@ impl<T> SettingsWatch<T> {
             header: [0; 9],
             seen: 0,
             report: Some(tx),
+            abort: Arc::default(),
         };
         (watch, rx)
+    }
+
+    /// A handle that aborts this connection.
+    pub(crate) fn abort_handle(&self) -> AbortHandle {
+        AbortHandle(self.abort.clone())
+    }
+
+    fn is_aborted(&self) -> bool {
+        self.abort.aborted.load(Ordering::Acquire)
     }
 
     fn observe(&mut self, bytes: &[u8]) {
@@ -154,6 +192,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for SettingsWatch<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.abort.reader.register(cx.waker());
+        if this.is_aborted() {
+            return Poll::Ready(Err(aborted()));
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if this.report.is_some() {
@@ -181,6 +223,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SettingsWatch<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.is_aborted() {
+            return Poll::Ready(Err(aborted()));
+        }
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
@@ -189,6 +234,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SettingsWatch<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.is_aborted() {
+            return Poll::Ready(Err(aborted()));
+        }
         Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
     }
 

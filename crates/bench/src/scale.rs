@@ -215,8 +215,8 @@ pub(crate) async fn ten_thousand(
         Verdict::Info,
     );
     report.note(format!(
-        "10 000 instances: the client's open-file limit was {}; each sub-channel holds two \
-         descriptors (its socket and a second handle used to shut it down).",
+        "10 000 instances: the client's open-file limit was {}; each sub-channel holds one \
+         descriptor, its socket.",
         crate::limits::nofile()
     ));
     report.note(format!(
