@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target in fuzz/ for a bounded time each: scripts/fuzz.sh [SECONDS]
 # (20 s per target by default). Needs a nightly toolchain; installs cargo-fuzz when missing.
-# New inputs go to fuzz/corpus/TARGET, crashes to fuzz/artifacts/TARGET. Exits non-zero if any
-# target found a crash, naming it and the input that reproduces it.
+# New inputs go to fuzz/corpus/TARGET, crashes to fuzz/artifacts/TARGET, libFuzzer's output to
+# fuzz/logs/TARGET.log. Exits non-zero if any target found a crash, naming it and the input that
+# reproduces it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,8 +36,14 @@ for target in "${targets[@]}"; do
   echo "fuzz: $target for ${seconds} s"
   mkdir -p "corpus/$target"
   # Seeds are read, new inputs land in corpus/; a per-input timeout catches hangs.
-  if ! cargo +nightly fuzz run "$target" "corpus/$target" "seeds/$target" -- \
-    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 </dev/null; then
+  # libFuzzer's progress lines go to logs/TARGET.log; its final stats are printed here.
+  mkdir -p logs
+  if cargo +nightly fuzz run "$target" "corpus/$target" "seeds/$target" -- \
+    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    </dev/null >"logs/$target.log" 2>&1; then
+    grep -E '^stat::number_of_executed_units|^Done' "logs/$target.log" | sed 's/^/  /' || true
+  else
+    tail -n 40 "logs/$target.log" >&2
     failed+=("$target")
   fi
 done
