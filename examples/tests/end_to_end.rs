@@ -196,14 +196,21 @@ async fn a_new_instance_takes_traffic_within_100_ms_and_a_removed_one_none() -> 
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_during_a_call_loop_fails_no_call() -> Result<()> {
+/// etcd, three registered instances, a client READY on all three, and 4 callers calling
+/// until `u2` has served 50 calls.
+async fn three_under_load() -> Result<(Etcd, Vec<UserRpc>, Client, Loop)> {
     let etcd = Etcd::start().await?;
-    let mut instances = three(&etcd).await?;
+    let instances = three(&etcd).await?;
     let (client, users) = client(&etcd).await?;
     ready(&client, 3).await?;
     let calls = Loop::start(&users, 4);
     calls.until_served("u2", 50).await?;
+    Ok((etcd, instances, client, calls))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_call_loop_fails_no_call() -> Result<()> {
+    let (_etcd, mut instances, _client, calls) = three_under_load().await?;
 
     let mut leaving = instances.remove(1);
     leaving.signal(Signal::SIGTERM)?;
@@ -218,12 +225,7 @@ async fn sigterm_during_a_call_loop_fails_no_call() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_call_loop_fails_no_call_with_the_default_retries() -> Result<()> {
-    let etcd = Etcd::start().await?;
-    let mut instances = three(&etcd).await?;
-    let (client, users) = client(&etcd).await?;
-    ready(&client, 3).await?;
-    let calls = Loop::start(&users, 4);
-    calls.until_served("u2", 50).await?;
+    let (_etcd, mut instances, client, calls) = three_under_load().await?;
 
     let mut killed = instances.remove(1);
     killed.signal(Signal::SIGKILL)?;

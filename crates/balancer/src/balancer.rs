@@ -226,17 +226,7 @@ async fn send_on(
 ) -> Result<Response<ResponseBody>, Failed> {
     let conn = &*ready.0;
     let (mut parts, body) = request.into_parts();
-    let mut uri = Parts::default();
-    uri.scheme = Some(handle.scheme.clone());
-    uri.authority = Some(conn.authority.clone());
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    parts.uri = Uri::from_parts(uri)
+    parts.uri = with_origin(&parts.uri, &handle.scheme, &conn.authority)
         .map_err(|e| Failed::Sent(Status::internal(format!("request URI: {e}"))))?;
     let request = Request::from_parts(parts, body);
 
@@ -296,6 +286,23 @@ fn attempt_span(target: &str, instance: &str, request: &Request<tonic::body::Bod
         span.record("attempt", previous + 1);
     }
     span
+}
+
+/// `uri`'s path and query, sent to `scheme://authority`.
+pub(crate) fn with_origin(
+    uri: &Uri,
+    scheme: &Scheme,
+    authority: &http::uri::Authority,
+) -> Result<Uri, http::uri::InvalidUriParts> {
+    let mut parts = Parts::default();
+    parts.scheme = Some(scheme.clone());
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts)
 }
 
 fn strip_origin(uri: &Uri) -> Uri {

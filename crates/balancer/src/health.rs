@@ -15,8 +15,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::{Stream, StreamExt};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::uri::{Authority, Scheme};
+use http::{Request, Response};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::Serialize;
@@ -176,17 +176,7 @@ impl tower_service::Service<Request<tonic::body::Body>> for OneConnection {
 
     fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(self.scheme.clone());
-        uri.authority = Some(self.authority.clone());
-        uri.path_and_query = Some(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        if let Ok(uri) = Uri::from_parts(uri) {
+        if let Ok(uri) = crate::balancer::with_origin(&parts.uri, &self.scheme, &self.authority) {
             parts.uri = uri;
         }
         let send = self.sender.send_request(Request::from_parts(parts, body));
