@@ -163,21 +163,57 @@ fn check_rss(name: &str, first: u64, last: u64) -> Result<()> {
     Ok(())
 }
 
+/// etcd, three servers `a`, `b` and `c` registered in it by themselves, and a client that
+/// holds all three; the census taken before the servers started.
+struct Three {
+    etcd: Etcd,
+    baseline: Census,
+    servers: Vec<ServerProcess>,
+    /// The servers' addresses, as the client must hold them.
+    ready: Vec<String>,
+    ports: Vec<u16>,
+    client: Client,
+    users: User,
+}
+
+impl Three {
+    async fn start() -> Result<Self> {
+        let etcd = Etcd::start().await?;
+        let baseline = Census::take()?;
+        let mut servers = Vec::new();
+        for name in ["a", "b", "c"] {
+            servers.push(registered(&etcd, name, free_port()?, 500).await?);
+        }
+        let ready = addrs(servers.iter().map(|s| s.addr()));
+        let ports: Vec<u16> = servers.iter().map(|s| s.addr().port()).collect();
+        let (client, users) = connect(&etcd, Duration::from_secs(2)).await?;
+        converge(&client, &etcd, PREFIX, &ready, PATIENCE).await?;
+        Ok(Self {
+            etcd,
+            baseline,
+            servers,
+            ready,
+            ports,
+            client,
+            users,
+        })
+    }
+}
+
 /// 1. Every instance, one at a time: SIGTERM (deregister, grace, GOAWAY, drain), start again
 ///    on the same port, register again. No call fails; each takes traffic again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart() -> Result<()> {
     init_tracing();
-    let etcd = Etcd::start().await?;
-    let baseline = Census::take()?;
-    let mut servers = Vec::new();
-    for name in ["a", "b", "c"] {
-        servers.push(registered(&etcd, name, free_port()?, 500).await?);
-    }
-    let ready = addrs(servers.iter().map(|s| s.addr()));
-    let ports: Vec<u16> = servers.iter().map(|s| s.addr().port()).collect();
-    let (client, users) = connect(&etcd, Duration::from_secs(2)).await?;
-    converge(&client, &etcd, PREFIX, &ready, PATIENCE).await?;
+    let Three {
+        etcd,
+        baseline,
+        mut servers,
+        ready,
+        ports,
+        client,
+        users,
+    } = Three::start().await?;
 
     let load = Load::start(&users, CALLERS, PERIOD);
     let mut slowest = Duration::ZERO;
@@ -209,16 +245,15 @@ async fn rolling_restart() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_and_restart_on_the_same_port() -> Result<()> {
     init_tracing();
-    let etcd = Etcd::start().await?;
-    let baseline = Census::take()?;
-    let mut servers = Vec::new();
-    for name in ["a", "b", "c"] {
-        servers.push(registered(&etcd, name, free_port()?, 500).await?);
-    }
-    let ready = addrs(servers.iter().map(|s| s.addr()));
-    let ports: Vec<u16> = servers.iter().map(|s| s.addr().port()).collect();
-    let (client, users) = connect(&etcd, Duration::from_secs(2)).await?;
-    converge(&client, &etcd, PREFIX, &ready, PATIENCE).await?;
+    let Three {
+        etcd,
+        baseline,
+        mut servers,
+        ready,
+        ports,
+        client,
+        users,
+    } = Three::start().await?;
 
     let load = Load::start(&users, CALLERS, PERIOD);
     tokio::time::sleep(Duration::from_millis(500)).await;
