@@ -14,52 +14,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use nix::sys::signal::Signal;
-use support::UserRpc;
+use support::{UserRpc, get};
 use switchboard_testkit::{Etcd, TestServer, free_port};
 use tokio::process::{Child, Command};
 
 /// The bound on every wait in these tests.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// An HTTP answer: status, content type, body.
-struct Answer {
-    status: u16,
-    content_type: String,
-    body: String,
-}
-
-async fn get(addr: &str, path: &str) -> Result<Answer> {
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(addr).await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        let request = hyper::Request::get(path)
-            .header("host", "gateway")
-            .body(Empty::<Bytes>::new())?;
-        let response = sender.send_request(request).await?;
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get(hyper::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok(Answer {
-            status,
-            content_type,
-            body: String::from_utf8(body.to_vec())?,
-        })
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .with_context(|| format!("GET {path}: no answer within 10 s"))?
-}
 
 /// The `gateway` program on a free port, killed when dropped.
 struct Gateway {

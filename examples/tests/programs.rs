@@ -1,12 +1,11 @@
 //! The example programs, run as a user would run them, against test servers on 127.0.0.1.
 
+mod support;
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use switchboard_testkit::{TestServer, free_port};
 use tokio::process::Command;
 
@@ -65,16 +64,8 @@ async fn loadgen_reports_rate_latency_errors_and_cpu() -> Result<()> {
 }
 
 async fn get(addr: &str, path: &str) -> Result<(u16, serde_json::Value)> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let request = hyper::Request::get(path)
-        .header("host", "gateway")
-        .body(Empty::<Bytes>::new())?;
-    let response = sender.send_request(request).await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, serde_json::from_slice(&body)?))
+    let answer = support::get(addr, path).await?;
+    Ok((answer.status, serde_json::from_str(&answer.body)?))
 }
 
 #[tokio::test]
