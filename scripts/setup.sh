@@ -17,6 +17,9 @@ missing=()
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || [ -n "${ETCD_BIN:-}" ] || missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || [ -x /usr/bin/etcdctl ] || [ -n "${ETCDCTL_BIN:-}" ] || missing+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || [ -n "${PROTOC:-}" ] || missing+=(protobuf-compiler)
+# protoc's well-known types (google/protobuf/*.proto) come in libprotobuf-dev, a package that
+# protobuf-compiler only recommends: without it etcd-client's build fails on descriptor.proto.
+[ -n "${PROTOC_INCLUDE:-}" ] || [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if $browser && [ -z "${CHROME_BIN:-}" ] && ! command -v chromium >/dev/null 2>&1 \
   && ! command -v chromium-browser >/dev/null 2>&1; then

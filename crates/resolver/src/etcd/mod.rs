@@ -20,3 +20,7 @@ pub(crate) fn normalize_prefix(key: &str) -> String {
         format!("{key}/")
     }
 }
+
+/// The largest etcd response the resolver accepts: a listing or a watch catch-up of a big fleet
+/// (20 000 registrations of ~500 bytes is ~10 MB) is far above gRPC's default 4 MiB limit.
+pub(crate) const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;

@@ -197,7 +197,9 @@ impl Watcher {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(resume);
-        let mut watch_client = client.watch_client();
+        let mut watch_client = client
+            .watch_client()
+            .max_decoding_message_size(super::MAX_RESPONSE_BYTES);
         let stream = self
             .members
             .request(
@@ -286,7 +288,9 @@ impl Watcher {
         client: &etcd_client::Client,
         endpoint: &str,
     ) -> Result<i64, Interrupt> {
-        let mut kv = client.kv_client();
+        let mut kv = client
+            .kv_client()
+            .max_decoding_message_size(super::MAX_RESPONSE_BYTES);
         let started = Instant::now();
         let response = self
             .members
