@@ -17,12 +17,11 @@ bash scripts/setup.sh
 if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "fuzz: installing a nightly toolchain (cargo-fuzz needs one)"
   if ! rustup toolchain install nightly --profile minimal </dev/null; then
-    # No nightly here: the same fuzz bodies run on stable over their seeds and random inputs
-    # (tests/fuzz_bodies.rs), which the test command has already run; coverage-guided fuzzing
-    # is skipped, not failed.
+    # No nightly here: coverage-guided fuzzing is skipped, not failed, and the same fuzz bodies
+    # run on stable over their seeds, mutations and random inputs (tests/fuzz_bodies.rs).
     echo "fuzz: no nightly toolchain and rustup could not install one: coverage-guided fuzzing skipped;"
-    echo "      the fuzz bodies ran on stable in tests/fuzz_bodies.rs ('rustup toolchain install nightly' to fuzz)"
-    exit 0
+    echo "      running the fuzz bodies on stable instead ('rustup toolchain install nightly' to fuzz)"
+    exec cargo test -q -p switchboard-tests --test fuzz_bodies
   fi
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
