@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Installs what switchboard's demo and tests need and that cargo cannot fetch:
 # etcd (etcd-server), etcdctl (etcd-client) and protoc (protobuf-compiler), from Debian's packages.
-# With --browser, also Chromium (package chromium), for the dashboard's browser test; the demo
-# does not need it.
+# With --browser, also Chromium (package chromium), for the dashboard's browser test; with --go,
+# Go with grpc-go and etcd's client (golang-go, golang-google-grpc-dev, golang-etcd-server-dev),
+# for the Go conformance peer of the interop tests. The demo needs neither.
 set -euo pipefail
 
 browser=false
+go=false
 for arg in "$@"; do
   case "$arg" in
     --browser) browser=true ;;
-    *) echo "setup: unknown option $arg (known: --browser)" >&2; exit 2 ;;
+    --go) go=true ;;
+    *) echo "setup: unknown option $arg (known: --browser, --go)" >&2; exit 2 ;;
   esac
 done
 
@@ -25,6 +28,12 @@ if $browser && [ -z "${CHROME_BIN:-}" ] && ! command -v chromium >/dev/null 2>&1
   && ! command -v chromium-browser >/dev/null 2>&1; then
   missing+=(chromium)
 fi
+if $go; then
+  command -v go >/dev/null 2>&1 || missing+=(golang-go)
+  gopath="${GOPATH:-/usr/share/gocode}"
+  [ -d "$gopath/src/google.golang.org/grpc/health" ] || missing+=(golang-google-grpc-dev)
+  [ -d "$gopath/src/go.etcd.io/etcd/clientv3/naming/resolver" ] || missing+=(golang-etcd-server-dev)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian's packages"
@@ -37,7 +46,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "setup: no apt-get here: install ${missing[*]} (etcd 3.4 or newer, etcdctl, protoc, Chromium) yourself," >&2
+    echo "setup: no apt-get here: install ${missing[*]} (etcd 3.4 or newer, etcdctl, protoc, Chromium, Go with grpc-go 1.33 and etcd 3.4's clientv3 in GOPATH) yourself," >&2
     echo "       or point ETCD_BIN / ETCDCTL_BIN / PROTOC / CHROME_BIN at them, then run this again" >&2
     exit 1
   fi

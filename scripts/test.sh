@@ -2,7 +2,7 @@
 # Every check switchboard's CI runs: format, lints, tests against real etcd, doc tests, docs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --browser
+bash scripts/setup.sh --browser --go
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -11,6 +11,17 @@ cargo fmt --all -- --check
 
 step "cargo clippy"
 cargo clippy -q --workspace --all-targets -- -D warnings
+
+step "Go conformance peer (grpc-go $(sed -n 's/^const Version = "\(.*\)"/\1/p' "${GOPATH:-/usr/share/gocode}/src/google.golang.org/grpc/version.go"), etcd 3.4 naming; GOPATH mode)"
+gotarget="${CARGO_TARGET_DIR:-$PWD/target}/go"
+mkdir -p "$gotarget"
+gobuild() {
+  (cd conformance/go/switchboard-peer \
+    && GOPATH="${GOPATH:-/usr/share/gocode}" GO111MODULE=off GOFLAGS= GOCACHE="$gotarget/cache" go "$@")
+}
+gobuild vet .
+gobuild build -o "$gotarget/switchboard-peer" .
+test -z "$(gofmt -l conformance)" || { echo "gofmt: $(gofmt -l conformance) not formatted" >&2; exit 1; }
 
 step "tests (real etcd on 127.0.0.1)"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -372,6 +372,43 @@ async fn register_holds_the_registration_until_sigterm() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_go_client_over_etcd_naming_follows_what_register_holds() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let servers = [
+        TestServer::start("r1").await?,
+        TestServer::start("r2").await?,
+    ];
+    let mut held = Vec::new();
+    for server in &servers {
+        let addr = server.addr().to_string();
+        let mut cmd = switchboard();
+        cmd.args(["register", "--etcd", &etcd.hosts(), "--key", "user.rpc"])
+            .args(["--addr", &addr, "--format", "etcd-naming", "--ttl", "2"]);
+        let register = Lines::spawn(cmd)?;
+        let line = register.next(1)?.remove(0);
+        assert!(line.starts_with("registered user.rpc/"), "{line}");
+        held.push(register);
+    }
+    // grpc-go's round_robin over etcd's own naming resolver (Debian's grpc-go 1.33 and etcd
+    // 3.4): every call succeeds, and once r1's `register` gets SIGTERM, every call goes to r2.
+    let mut r1 = held.remove(0);
+    let summary = switchboard_testkit::go_client_follows_a_leave(
+        &etcd.hosts(),
+        "user.rpc",
+        "r2",
+        async move {
+            terminate(&r1.child)?;
+            let status = wait_exit(&mut r1.child)?;
+            anyhow::ensure!(status.success(), "register exited with {status}");
+            Ok(())
+        },
+    )
+    .await?;
+    println!("`switchboard register` r1 left: {summary}");
+    Ok(())
+}
+
 #[test]
 fn register_fails_clearly_on_bad_input_and_unreachable_etcd() -> Result<()> {
     let port = free_port()?;

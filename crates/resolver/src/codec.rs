@@ -3,12 +3,14 @@
 //! | format | key | value |
 //! |---|---|---|
 //! | [`Format::Plain`] (go-zero) | `<prefix>/<leaseID or id>` | `host:port` |
-//! | [`Format::EtcdNaming`] (grpc-go `naming/endpoints`) | `<target>/<addr>` | `{"Op":0,"Addr":"host:port","Metadata":…}` |
-//! | [`Format::Kratos`] | `/microservices/<name>/<id>` | `{"id","name","version","metadata","endpoints":["grpc://host:port?isSecure=false"]}` |
+//! | [`Format::EtcdNaming`] (grpc-go `naming/endpoints`) | `<target>/<addr>` | `{"Op":0,"Addr":"host:port","Metadata":null}` |
+//! | [`Format::Kratos`] | `/microservices/<name>/<id>` | `{"id","name","version","metadata","endpoints":["grpc://host:port"]}` (`grpcs://` with TLS) |
 //! | [`Format::GoMicro`] | `/micro/registry/<name>/<node>` | `{"name","version","metadata","nodes":[{"id","address","metadata"}]}` |
 //!
 //! [`Format::Auto`] (the default) tells them apart by shape: a value that is not JSON is plain,
-//! a JSON object with `Addr` is etcd naming, with `endpoints` kratos, with `nodes` go-micro.
+//! a JSON object with `Addr` is etcd naming, with `nodes` go-micro, with `endpoints` kratos.
+//! (`nodes` is looked for before `endpoints` because go-micro values have an `endpoints` field
+//! too: its RPC method descriptions, or `null`.)
 //! Decoding never panics, whatever the input; a value that does not decode is a
 //! [`DecodeError`] naming the reason, and the resolver skips that key and keeps the others.
 //!
@@ -125,8 +127,11 @@ impl Format {
                 };
                 let format = match self {
                     Self::Auto if obj.contains_key("Addr") => Self::EtcdNaming,
-                    Self::Auto if obj.contains_key("endpoints") => Self::Kratos,
+                    // Before `endpoints`: go-micro's registry.Service always has an `endpoints`
+                    // field (its RPC methods as objects, or null), kratos' ServiceInstance never
+                    // has `nodes`.
                     Self::Auto if obj.contains_key("nodes") => Self::GoMicro,
+                    Self::Auto if obj.contains_key("endpoints") => Self::Kratos,
                     Self::Auto => {
                         return Err(DecodeError::new(
                             "JSON object of unknown shape (no `Addr`, `endpoints` or `nodes`)",
@@ -164,10 +169,13 @@ impl Format {
         };
         match self {
             Self::Auto | Self::Plain => addr.to_string(),
-            Self::EtcdNaming => serde_json::json!({"Op": 0, "Addr": addr, "Metadata": meta()}).to_string(),
+            // `null`, as etcd's own endpoints.Manager writes: grpc-go (1.33, Debian's, among
+            // others) uses the address, metadata included, as a map key, and panics with
+            // "hash of unhashable type" on the map a JSON object decodes to.
+            Self::EtcdNaming => serde_json::json!({"Op": 0, "Addr": addr, "Metadata": null}).to_string(),
             Self::Kratos => serde_json::json!({
                 "id": id, "name": name, "version": metadata.get("version").cloned().unwrap_or_default(),
-                "metadata": meta(), "endpoints": [format!("grpc://{addr}?isSecure=false")],
+                "metadata": meta(), "endpoints": [format!("grpc://{addr}")],
             })
             .to_string(),
             Self::GoMicro => serde_json::json!({

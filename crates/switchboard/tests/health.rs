@@ -65,8 +65,7 @@ async fn calls(client: &Client, n: usize) -> Result<BTreeMap<String, usize>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn not_serving_takes_an_instance_out_and_serving_brings_it_back() -> Result<()>
-{
+async fn not_serving_takes_an_instance_out_and_serving_brings_it_back() -> Result<()> {
     let servers = [
         TestServer::start("a").await?,
         TestServer::start("b").await?,
@@ -84,7 +83,10 @@ async fn not_serving_takes_an_instance_out_and_serving_brings_it_back() -> Resul
     until(&client, addrs[1], |h, _| h == Health::NotServing).await?;
     let out = flipped.elapsed();
     println!("out of the picker {out:?} after NOT_SERVING was set");
-    assert!(out < Duration::from_secs(5), "out of the picker after {out:?}");
+    assert!(
+        out < Duration::from_secs(5),
+        "out of the picker after {out:?}"
+    );
     let served = calls(&client, 60).await?;
     assert_eq!(served.get("b"), None, "{served:?}");
     assert_eq!(served.values().sum::<usize>(), 60);

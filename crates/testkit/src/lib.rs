@@ -15,6 +15,10 @@
 //!   HTTP/1.1 400 and closes.
 //! - [`ServerProcess`] runs the same server as a separate process (the `test-server` binary of
 //!   the `switchboard-tests` package) for SIGKILL, SIGSTOP/SIGCONT and SIGTERM.
+//! - [`go_peer_bin`] builds the Go conformance peer (grpc-go servers with `MaxConnectionAge`,
+//!   `MaxConcurrentStreams`, keepalive enforcement, health, and etcd's own `endpoints.Manager`
+//!   registration), run with [`ServerProcess`]; [`GoClient`] is a grpc-go client over etcd's
+//!   naming resolver with `round_robin`.
 //! - [`FaultProxy`] forwards TCP to a server and can pause (a silently dropped peer), resume,
 //!   and reset every connection with RST.
 //!
@@ -42,6 +46,7 @@
 //! ```
 
 mod etcd;
+mod go_peer;
 mod ports;
 mod process;
 pub mod proto;
@@ -50,8 +55,9 @@ mod server;
 mod tls;
 
 pub use etcd::{Etcd, etcdctl_bin};
+pub use go_peer::{GoCall, GoClient, go_client_follows_a_leave, go_conn, go_peak, go_peer_bin};
 pub use ports::free_port;
 pub use process::ServerProcess;
 pub use proxy::FaultProxy;
-pub use server::{BlackHoleServer, Http1Server, TestServer};
+pub use server::{BlackHoleServer, Http1Server, TestServer, user_service};
 pub use tls::TlsFiles;

@@ -162,6 +162,12 @@ impl ServerProcess {
         Ok(())
     }
 
+    /// Sends SIGUSR1, on which the Go conformance peer flips its health between SERVING and
+    /// NOT_SERVING.
+    pub fn flip_health(&self) -> Result<()> {
+        self.signal(Signal::SIGUSR1)
+    }
+
     /// Sends SIGTERM (after SIGCONT if stopped) and waits, at most 30 s, until it has drained
     /// and exited; kills it if it has not. Returns its exit status.
     pub async fn terminate(&mut self) -> Result<ExitStatus> {

@@ -351,6 +351,15 @@ struct UserService {
     shared: Arc<Shared>,
 }
 
+/// The demo `user.User` service that [`TestServer`] serves, for servers built elsewhere (such as
+/// `switchboard::Server`): every reply names the instance `name`.
+pub fn user_service(name: &str) -> UserServer<impl User> {
+    UserServer::new(UserService {
+        name: name.into(),
+        shared: Arc::default(),
+    })
+}
+
 impl UserService {
     /// Counts an RPC and waits out the configured delay.
     async fn unary(&self) {

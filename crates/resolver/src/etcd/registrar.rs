@@ -149,7 +149,10 @@ impl Registrar {
         self
     }
 
-    /// Adds a metadata entry (`weight`, `version`, `zone`, …) to formats that carry metadata.
+    /// Adds a metadata entry (`weight`, `version`, `zone`, …) to formats that carry metadata:
+    /// kratos and go-micro. Plain has no room for it, and etcd naming writes `Metadata: null`,
+    /// as etcd's own `endpoints.Manager` does: grpc-go clients of that kind panic on an object
+    /// there (see [`Format::encode`]).
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.metadata.insert(key.into(), value.into());
         self

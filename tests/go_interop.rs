@@ -1,0 +1,402 @@
+//! Interop with real Go peers, built from Debian's grpc-go 1.33 and etcd 3.4 packages
+//! (`conformance/go/switchboard-peer`): switchboard against grpc-go servers configured the ways
+//! fleets run them, against instances that etcd's own `endpoints.Manager` registered, and the
+//! other way round, a grpc-go `ClientConn` over etcd's naming resolver with `round_robin` calling
+//! Rust servers that switchboard registered.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use etcd_client::GetOptions;
+use switchboard::balancer::{ConnectivityState, Health};
+use switchboard::{Client, ClientConfig, Server};
+use switchboard_resolver::{EtcdConfig, Format, Registrar};
+use switchboard_testkit::proto::user::GetUserInfoRequest;
+use switchboard_testkit::proto::user::user_client::UserClient;
+use switchboard_testkit::{
+    Etcd, ServerProcess, TestServer, go_client_follows_a_leave, go_conn, go_peak, go_peer_bin,
+    user_service,
+};
+use switchboard_tests::{PATIENCE, init_tracing};
+use tokio::task::JoinSet;
+
+/// A grpc-go server process (`switchboard-peer`) named `name`, with extra flags.
+async fn go_server(name: &str, args: &[&str]) -> Result<ServerProcess> {
+    ServerProcess::spawn_with(&go_peer_bin().await?, name, 0, args).await
+}
+
+/// A switchboard client over fixed endpoints, with extra YAML settings.
+async fn static_client(addrs: &[SocketAddr], settings: &str) -> Result<Client> {
+    let endpoints: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    let timeout = if settings.contains("Timeout: ") {
+        ""
+    } else {
+        "Timeout: 10s\n"
+    };
+    let yaml = format!(
+        "Endpoints: [{}]\nNonBlock: true\n{timeout}{settings}",
+        endpoints.join(", ")
+    );
+    Ok(Client::connect(ClientConfig::from_yaml(&yaml)?).await?)
+}
+
+/// Waits until the client's snapshot satisfies `ok`.
+async fn until(client: &Client, what: &str, ok: impl Fn(&Client) -> bool) -> Result<()> {
+    let deadline = Instant::now() + PATIENCE;
+    while !ok(client) {
+        if Instant::now() > deadline {
+            bail!(
+                "{what}: not within {PATIENCE:?}: {:?}",
+                client.balancer().snapshot()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+fn ready_count(client: &Client) -> usize {
+    client.balancer().snapshot().ready()
+}
+
+/// `n` calls in sequence: who served each, and the server's detail (`conn=C peak=K`).
+async fn calls(client: &Client, n: usize) -> Result<Vec<(String, String)>> {
+    let mut users = UserClient::new(client.channel());
+    let mut served = Vec::with_capacity(n);
+    for id in 0..n {
+        let request = GetUserInfoRequest { id: id as i64 };
+        let reply = users.get_user_info(request).await?.into_inner();
+        served.push((reply.instance, reply.username));
+    }
+    Ok(served)
+}
+
+fn tally(served: &[(String, String)]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (instance, _) in served {
+        *counts.entry(instance.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// Callers calling until stopped (at most `most` calls each), collecting what each call got.
+struct CallLoop {
+    stop: Arc<AtomicBool>,
+    tasks: JoinSet<Vec<Result<(String, String), tonic::Status>>>,
+}
+
+impl CallLoop {
+    fn start(client: &Client, callers: usize, most: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = JoinSet::new();
+        for caller in 0..callers {
+            let mut users = UserClient::new(client.channel());
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                let mut results = Vec::new();
+                while !stop.load(Ordering::Relaxed) && results.len() < most {
+                    let request = GetUserInfoRequest { id: caller as i64 };
+                    results.push(
+                        users
+                            .get_user_info(request)
+                            .await
+                            .map(|r| r.into_inner())
+                            .map(|r| (r.instance, r.username)),
+                    );
+                }
+                results
+            });
+        }
+        Self { stop, tasks }
+    }
+
+    /// Stops the callers; returns the calls served and the failures.
+    async fn stop(self) -> Result<(Vec<(String, String)>, Vec<tonic::Status>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.stop_when_done().await
+    }
+
+    /// Waits until every caller made its calls; returns the calls served and the failures.
+    async fn stop_when_done(mut self) -> Result<(Vec<(String, String)>, Vec<tonic::Status>)> {
+        let (mut served, mut failed) = (Vec::new(), Vec::new());
+        while let Some(results) = self.tasks.join_next().await {
+            for result in results? {
+                match result {
+                    Ok(s) => served.push(s),
+                    Err(status) => failed.push(status),
+                }
+            }
+        }
+        Ok((served, failed))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_registered_by_etcds_endpoints_manager_are_called_and_followed_out() -> Result<()>
+{
+    init_tracing();
+    let etcd = Etcd::start().await?;
+    let hosts = etcd.hosts();
+    let register = ["--etcd", &hosts, "--target", "user.rpc", "--lease-ttl", "2"];
+    let mut servers = Vec::new();
+    for name in ["g1", "g2", "g3"] {
+        servers.push(go_server(name, &register).await?);
+    }
+
+    // What etcd's own code wrote: `TARGET/ADDR` → its JSON with a null Metadata.
+    let mut kv = etcd.client().await?;
+    let listed = kv
+        .get("user.rpc/", Some(GetOptions::new().with_prefix()))
+        .await?;
+    let written: BTreeSet<(String, String)> = listed
+        .kvs()
+        .iter()
+        .map(|kv| Ok((kv.key_str()?.to_string(), kv.value_str()?.to_string())))
+        .collect::<Result<_>>()?;
+    let expected: BTreeSet<(String, String)> = servers
+        .iter()
+        .map(|s| {
+            (
+                format!("user.rpc/{}", s.addr()),
+                format!(r#"{{"Op":0,"Addr":"{}","Metadata":null}}"#, s.addr()),
+            )
+        })
+        .collect();
+    assert_eq!(written, expected);
+
+    let yaml = format!("Etcd:\n  Hosts: [{hosts}]\n  Key: user.rpc\nTimeout: 10s\n");
+    let client = Client::connect(ClientConfig::from_yaml(&yaml)?).await?;
+    until(&client, "three READY", |c| ready_count(c) == 3).await?;
+    let counts = tally(&calls(&client, 300).await?);
+    println!("300 calls over etcd-naming registrations: {counts:?}");
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(
+        counts.values().all(|n| (99..=101).contains(n)),
+        "{counts:?}"
+    );
+
+    // g2 leaves as an etcd-naming server does (DeleteEndpoint, revoke, GracefulStop), then g3
+    // dies and its key goes with its lease: calls go on, and none fails.
+    let load = CallLoop::start(&client, 4, 100_000);
+    let g2 = servers[1].addr().to_string();
+    servers[1].terminate().await?;
+    until(&client, "g2 gone", |c| {
+        c.balancer().snapshot().by_addr(&g2).is_none()
+    })
+    .await?;
+    let g3 = servers[2].addr().to_string();
+    servers[2].kill();
+    until(&client, "g3's lease expired", |c| {
+        c.balancer().snapshot().by_addr(&g3).is_none()
+    })
+    .await?;
+    let (served, failed) = load.stop().await?;
+    println!(
+        "during the leave and the kill: {} calls, {} failed",
+        served.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    let after = tally(&calls(&client, 20).await?);
+    assert_eq!(after.keys().collect::<Vec<_>>(), ["g1"], "{after:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_go_server_with_max_connection_age_loses_no_call() -> Result<()> {
+    init_tracing();
+    let server = go_server(
+        "aged",
+        &[
+            "--max-connection-age",
+            "300ms",
+            "--max-connection-age-grace",
+            "10s",
+        ],
+    )
+    .await?;
+    let client = static_client(&[server.addr()], "").await?;
+    until(&client, "READY", |c| ready_count(c) == 1).await?;
+
+    // Calls for 3 s: grpc-go sends GOAWAY every ~300 ms (±10 % jitter).
+    let load = CallLoop::start(&client, 4, 20_000);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (served, failed) = load.stop().await?;
+    let conns: BTreeSet<u64> = served.iter().filter_map(|(_, d)| go_conn(d)).collect();
+    let snapshot = client.balancer().snapshot();
+    println!(
+        "MaxConnectionAge 300 ms, 3 s of calls: {} served, {} failed, over {} connections ({} connects)",
+        served.len(),
+        failed.len(),
+        conns.len(),
+        snapshot.subchannels[0].connects
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(conns.len() >= 3, "calls came over connections {conns:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_go_server_not_serving_gets_no_call_until_it_serves() -> Result<()> {
+    init_tracing();
+    let up = go_server("up", &[]).await?;
+    let down = go_server("down", &["--not-serving"]).await?;
+    let client = static_client(&[up.addr(), down.addr()], "HealthCheck: user.User\n").await?;
+    let health = |addr: SocketAddr| {
+        move |c: &Client| {
+            c.balancer()
+                .snapshot()
+                .by_addr(&addr.to_string())
+                .map(|s| (s.state, s.health))
+        }
+    };
+    let (up_health, down_health) = (health(up.addr()), health(down.addr()));
+    until(&client, "health known", |c| {
+        up_health(c) == Some((ConnectivityState::Ready, Health::Serving))
+            && down_health(c) == Some((ConnectivityState::Ready, Health::NotServing))
+    })
+    .await?;
+    let counts = tally(&calls(&client, 40).await?);
+    assert_eq!(counts.get("down"), None, "{counts:?}");
+    assert_eq!(counts.get("up"), Some(&40), "{counts:?}");
+
+    // SIGUSR1: grpc-go's health server says SERVING, on the Watch stream switchboard holds.
+    down.flip_health()?;
+    until(&client, "down serving", |c| {
+        down_health(c).map(|h| h.1) == Some(Health::Serving)
+    })
+    .await?;
+    let counts = tally(&calls(&client, 40).await?);
+    assert_eq!(counts.get("down"), Some(&20), "{counts:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_go_server_allowing_one_stream_serves_every_call_of_eight_callers() -> Result<()> {
+    init_tracing();
+    let server = go_server(
+        "narrow",
+        &["--max-concurrent-streams", "1", "--delay", "20ms"],
+    )
+    .await?;
+    let client = static_client(&[server.addr()], "").await?;
+    until(&client, "READY", |c| ready_count(c) == 1).await?;
+
+    let load = CallLoop::start(&client, 8, 10);
+    let (served, failed) = load.stop_when_done().await?;
+    let peak = served.iter().filter_map(|(_, d)| go_peak(d)).max();
+    println!(
+        "MAX_CONCURRENT_STREAMS 1, 8 callers: {} served, {} failed, server peak {peak:?}",
+        served.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(served.len(), 80);
+    assert_eq!(peak, Some(1), "the server had more than one call at once");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_pings_from_grpc_go_doubles_the_keepalive_interval() -> Result<()> {
+    init_tracing();
+    // grpc-go's enforcement policy: pings at most every 1.5 s while calls are open, else
+    // GOAWAY ENHANCE_YOUR_CALM "too_many_pings" after three strikes. A 1 s interval breaks it;
+    // doubled to 2 s, it holds.
+    let server = go_server(
+        "strict",
+        &["--keepalive-min-time", "1500ms", "--delay", "5s"],
+    )
+    .await?;
+    let client = static_client(
+        &[server.addr()],
+        "KeepaliveTime: 1s\nKeepaliveTimeout: 20s\nTimeout: 30s\n",
+    )
+    .await?;
+    until(&client, "READY", |c| ready_count(c) == 1).await?;
+
+    // The first call's connection is closed under it (grpc-go closes the connection with the
+    // GOAWAY); the default retry policy sends it again on the next connection.
+    let served = calls(&client, 2).await?;
+    let snapshot = client.balancer().snapshot();
+    let sub = &snapshot.subchannels[0];
+    println!(
+        "calls {served:?}; connects {}; last error {:?}",
+        sub.connects, sub.last_error
+    );
+    let error = sub.last_error.clone().unwrap_or_default();
+    ensure!(
+        error.contains("too_many_pings") || error.to_lowercase().contains("calm"),
+        "the server's GOAWAY is not the last error: {error:?}"
+    );
+    // Both calls ended over the second connection: the doubled interval was not refused.
+    let conns: Vec<Option<u64>> = served.iter().map(|(_, d)| go_conn(d)).collect();
+    assert_eq!(conns, [Some(2), Some(2)]);
+    assert_eq!(sub.connects, 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_go_client_over_etcd_naming_calls_switchboard_servers_and_follows_one_out()
+-> Result<()> {
+    init_tracing();
+    let etcd = Etcd::start().await?;
+    let mut serving = Vec::new();
+    for name in ["r1", "r2"] {
+        let server = Server::builder()
+            .etcd(EtcdConfig::from_hosts(&etcd.hosts())?, "user.rpc")
+            .format(Format::EtcdNaming)
+            .listen("127.0.0.1:0".parse()?)
+            .grace(Duration::from_millis(500))
+            .ttl(Duration::from_secs(5))
+            .add_service(user_service(name))
+            .serve()
+            .await?;
+        serving.push(server);
+    }
+    let r1 = serving.remove(0);
+    let summary = go_client_follows_a_leave(&etcd.hosts(), "user.rpc", "r2", async move {
+        r1.shutdown().await;
+        Ok(())
+    })
+    .await?;
+    println!("switchboard::Server r1 left: {summary}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_go_client_over_etcd_naming_calls_instances_of_the_registrar_and_follows_one_out()
+-> Result<()> {
+    init_tracing();
+    let etcd = Etcd::start().await?;
+    let servers = [
+        TestServer::start("r1").await?,
+        TestServer::start("r2").await?,
+    ];
+    let mut registrations = Vec::new();
+    for server in &servers {
+        // Metadata too: grpc-go 1.33 hashes an address's metadata, so switchboard must not
+        // write a JSON object there.
+        let registration = Registrar::new(
+            EtcdConfig::from_hosts(&etcd.hosts())?,
+            "user.rpc",
+            &server.addr().to_string(),
+        )?
+        .format(Format::EtcdNaming)
+        .metadata("weight", "3")
+        .metadata("zone", "a")
+        .register()
+        .await?;
+        registrations.push(registration);
+    }
+    let r1 = registrations.remove(0);
+    let summary = go_client_follows_a_leave(&etcd.hosts(), "user.rpc", "r2", async move {
+        r1.deregister().await.context("deregistering r1")
+    })
+    .await?;
+    println!("Registrar r1 left: {summary}");
+    Ok(())
+}
