@@ -133,7 +133,10 @@ pub async fn truth(
     prefix: &str,
     format: Format,
 ) -> Result<Vec<(String, String)>> {
+    // A big fleet's listing is over gRPC's default 4 MiB message limit.
     let resp = client
+        .kv_client()
+        .max_decoding_message_size(256 * 1024 * 1024)
         .get(prefix, Some(GetOptions::new().with_prefix()))
         .await?;
     let mut pairs = Vec::new();

@@ -119,6 +119,64 @@ async fn the_gateway_turns_http_into_balanced_grpc_calls() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_finishes_its_requests_and_exits_on_sigterm() -> Result<()> {
+    let slow = TestServer::start("slow").await?;
+    slow.set_delay(Duration::from_millis(1500));
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("user-rpc.yaml");
+    std::fs::write(
+        &config,
+        format!("Endpoints: [{}]\nTimeout: 10s\n", slow.addr()),
+    )?;
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--listen", &addr, "--user-rpc"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match get(&addr, "/healthz").await {
+            Ok((200, _)) => break,
+            _ if Instant::now() > deadline => bail!("the gateway is not healthy after 30 s"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let served = slow.served();
+    let in_flight = tokio::spawn({
+        let addr = addr.clone();
+        async move { get(&addr, "/api/user/7").await }
+    });
+    // SIGTERM once the request is at the server, not before.
+    while slow.served() == served && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = gateway
+        .id()
+        .ok_or_else(|| anyhow::anyhow!("the gateway exited early"))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let signalled = Instant::now();
+    let (status, body) = in_flight.await??;
+    assert_eq!(status, 200, "the request in flight was cut: {body}");
+    assert_eq!(body["id"], 7);
+    let exit = tokio::time::timeout(Duration::from_secs(30), gateway.wait()).await??;
+    println!(
+        "gateway exited {exit} {:?} after SIGTERM",
+        signalled.elapsed()
+    );
+    assert!(exit.success(), "{exit}");
+    assert!(
+        tokio::net::TcpStream::connect(&addr).await.is_err(),
+        "the gateway still listens"
+    );
+    Ok(())
+}
+
 /// Runs the demo with `--registry REGISTRY` and returns its output, checking it exits 0.
 async fn demo(registry: &str) -> Result<String> {
     let run = Command::new(env!("CARGO_BIN_EXE_demo"))

@@ -192,7 +192,7 @@ async fn first_listing(
                 .status()
                 .last_error
                 .unwrap_or_else(|| "no answer".into());
-            bail!("cannot reach etcd at {hosts} within {timeout:?}: {why}")
+            bail!("no listing from etcd at {hosts} within {timeout:?}: {why}")
         }
     }
 }

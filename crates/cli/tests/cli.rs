@@ -232,9 +232,13 @@ fn unreachable_etcd_fails_within_the_timeout() -> Result<()> {
     );
     let stderr = String::from_utf8(out.stderr)?;
     assert!(
-        stderr.contains(&format!("cannot reach etcd at 127.0.0.1:{port} within 2s")),
+        stderr.contains(&format!(
+            "no listing from etcd at 127.0.0.1:{port} within 2s"
+        )),
         "{stderr}"
     );
+    // What went wrong, not only that something did.
+    assert!(stderr.contains("connection refused"), "{stderr}");
     assert!(out.stdout.is_empty());
 
     let bad = switchboard()

@@ -2,7 +2,12 @@
 //!
 //! ```text
 //! cargo bench -p switchboard-resolver --bench etcd_watch [-- --instances 10000 --events 50000]
+//! cargo bench -p switchboard-resolver --bench etcd_watch -- --instances 20000 --value-bytes 500
 //! ```
+//!
+//! `--value-bytes N` writes kratos registrations of about N bytes (JSON with metadata and two
+//! endpoints) instead of plain `host:port` values: 20 000 of 500 bytes is a ~10 MB listing,
+//! over gRPC's default 4 MiB message limit, which the resolver reads in pages.
 //!
 //! - **first listing**: `resolve()` → the `Reset` of every instance received and applied to an
 //!   `InstanceSet` (median of 5 fresh resolvers);
@@ -41,14 +46,29 @@ fn rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// The value registered for instance `i` at `addr`: plain, or a kratos registration padded to
+/// about `size` bytes.
+fn value(i: usize, addr: &str, size: usize) -> String {
+    if size == 0 {
+        return addr.to_string();
+    }
+    let head = format!(
+        r#"{{"id":"bench-{i:05}","name":"bench","version":"v1.0.0","metadata":{{"zone":"eu-west-1b","pad":""#
+    );
+    let tail = format!(r#""}},"endpoints":["grpc://{addr}"]}}"#);
+    let pad = size.saturating_sub(head.len() + tail.len());
+    format!("{head}{}{tail}", "x".repeat(pad))
+}
+
 /// Writes `count` puts over `instances` keys (round `round` picks the ports) with `writers`
-/// concurrent writers, in transactions of 128 puts.
+/// concurrent writers, in transactions of 128 puts, of values of about `size` bytes (0: plain).
 async fn write(
     client: &Client,
     instances: usize,
     count: usize,
     round: usize,
     writers: usize,
+    size: usize,
 ) -> Result<Duration> {
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -64,11 +84,8 @@ async fn write(
                     .map(|i| {
                         let key = format!("bench/{:05}", i % instances);
                         let port = 10000 + (i + round * 7919) % 50000;
-                        TxnOp::put(
-                            key,
-                            format!("10.0.{}.{}:{port}", (i / 250) % 250, i % 250),
-                            None,
-                        )
+                        let addr = format!("10.0.{}.{}:{port}", (i / 250) % 250, i % 250);
+                        TxnOp::put(key, value(i % instances, &addr, size), None)
                     })
                     .collect::<Vec<_>>();
                 client.txn(Txn::new().and_then(puts)).await?;
@@ -98,9 +115,10 @@ async fn apply(resolution: &mut Resolution, set: &mut InstanceSet, changes: usiz
 async fn main() -> Result<()> {
     let instances = arg("--instances", 10_000);
     let events = arg("--events", 50_000);
+    let size = arg("--value-bytes", 0);
     let etcd = Etcd::start().await?;
     let client = etcd.client().await?;
-    write(&client, instances, instances, 0, 4).await?;
+    write(&client, instances, instances, 0, 4, size).await?;
     let config = EtcdConfig::from_hosts(&etcd.hosts())?;
     let resolver = EtcdResolver::new(config, "bench");
     let rss_before = rss_mib();
@@ -131,21 +149,26 @@ async fn main() -> Result<()> {
     let started = Instant::now();
     let writer = {
         let client = client.clone();
-        tokio::spawn(async move { write(&client, instances, events, 1, 4).await })
+        tokio::spawn(async move { write(&client, instances, events, 1, 4, size).await })
     };
     apply(&mut resolution, &mut set, events).await?;
     let live = started.elapsed();
     let write_time = writer.await??;
 
     // Backlog: the consumer pauses while the events are written, then drains them.
-    write(&client, instances, events, 2, 4).await?;
+    write(&client, instances, events, 2, 4, size).await?;
     let started = Instant::now();
     apply(&mut resolution, &mut set, events).await?;
     let drain = started.elapsed();
 
     let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64();
     println!(
-        "etcd resolver, {instances} instances, {events} events, etcd {} on 127.0.0.1\n",
+        "etcd resolver, {instances} instances ({}), {events} events, etcd {} on 127.0.0.1\n",
+        if size == 0 {
+            "plain host:port values".to_string()
+        } else {
+            format!("kratos values of ~{size} bytes")
+        },
         etcd.hosts()
     );
     println!("| measure | value |");

@@ -13,6 +13,9 @@ pub struct Error {
     kind: Kind,
     message: String,
     source: Option<BoxError>,
+    /// The message already says what the source means: `Display` leaves the source out (it
+    /// stays available through `source()`).
+    described: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +36,7 @@ impl Error {
             kind,
             message: message.into(),
             source: None,
+            described: false,
         }
     }
 
@@ -43,6 +47,13 @@ impl Error {
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.source = Some(source.into());
         self
+    }
+
+    /// Attaches the source that the message already describes: `Display` shows the message
+    /// alone.
+    pub(crate) fn with_described_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.described = true;
+        self.with_source(source)
     }
 
     /// The configuration or an argument is invalid; retrying will not help.
@@ -80,7 +91,7 @@ impl fmt::Debug for Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)?;
-        if let Some(source) = &self.source {
+        if let Some(source) = self.source.as_ref().filter(|_| !self.described) {
             write!(f, ": {source}")?;
         }
         Ok(())

@@ -13,6 +13,7 @@
 //! statuses: UNAVAILABLE → 503, DEADLINE_EXCEEDED → 504, INVALID_ARGUMENT → 400,
 //! NOT_FOUND → 404, others → 500.
 
+use std::future::IntoFuture as _;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -20,7 +21,11 @@ use clap::Parser;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use switchboard::{Client, ClientConfig};
 use switchboard_examples::gateway::Args;
+use tokio::signal::unix::{SignalKind, signal};
 use tracing::Instrument as _;
+
+/// How long requests in flight may take after SIGTERM or SIGINT.
+const DRAIN: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -66,10 +71,37 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+    // SIGTERM is what `docker stop` and Kubernetes send, to PID 1 in a container, which has no
+    // default action for it: without a handler the gateway would be killed after the grace
+    // period instead of finishing its requests.
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+    let serve = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let name = tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = interrupt.recv() => "SIGINT",
+            };
+            tracing::info!(
+                signal = name,
+                "stopping: no new connections, finishing the requests in flight"
+            );
+            let _ = stopping_tx.send(());
         })
-        .await?;
+        .into_future();
+    // Requests in flight get DRAIN to finish (each is bounded by its gRPC deadline anyway).
+    let drained = async {
+        if stopping.await.is_ok() {
+            tokio::time::sleep(DRAIN).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = serve => served.context("serving HTTP")?,
+        () = drained => tracing::warn!(?DRAIN, "requests still in flight after the drain period; exiting"),
+    }
+    tracing::info!("gateway stopped");
     Ok(())
 }

@@ -101,7 +101,7 @@ impl Members {
 }
 
 /// Awaits `fut` for at most `limit`, turning etcd errors and the timeout into [`Error`]s that
-/// say what was being done.
+/// say what was being done and what went wrong.
 pub(crate) async fn bounded<T>(
     limit: Duration,
     what: impl Display,
@@ -109,10 +109,144 @@ pub(crate) async fn bounded<T>(
 ) -> Result<T, Error> {
     match tokio::time::timeout(limit, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(Error::new(Kind::Unavailable, format!("{what} failed")).with_source(e)),
+        Ok(Err(e)) => {
+            let (kind, why) = classify(&e);
+            Err(Error::new(kind, format!("{what} failed: {why}")).with_described_source(e))
+        }
         Err(_) => Err(Error::new(
             Kind::Timeout,
             format!("{what} timed out after {limit:?}"),
         )),
+    }
+}
+
+/// What an etcd client error means, in a few words: a refused connection, a response over the
+/// message size limit, a timeout, an authentication failure, or what etcd answered.
+pub(crate) fn classify(e: &etcd_client::Error) -> (Kind, String) {
+    use etcd_client::Error as E;
+    use tonic::Code;
+    let chain = chain(e);
+    let lower = chain.to_lowercase();
+    if lower.contains("connection refused") {
+        return (Kind::Unavailable, "connection refused".into());
+    }
+    if lower.contains("connection reset") || lower.contains("connectionreset") {
+        return (Kind::Unavailable, "the connection was reset".into());
+    }
+    if lower.contains("broken pipe") || lower.contains("brokenpipe") {
+        return (
+            Kind::Unavailable,
+            "the connection was closed (broken pipe)".into(),
+        );
+    }
+    if lower.contains("message length too large") || lower.contains("larger than max") {
+        return (
+            Kind::Unavailable,
+            format!("the response is over the gRPC message size limit ({chain})"),
+        );
+    }
+    match e {
+        E::GRpcStatus(status) => {
+            let message = status.message();
+            match status.code() {
+                Code::DeadlineExceeded => (Kind::Timeout, format!("etcd timed out: {message}")),
+                Code::Unauthenticated => (
+                    Kind::Unavailable,
+                    format!("etcd refused the credentials: {message}"),
+                ),
+                Code::PermissionDenied => {
+                    (Kind::Unavailable, format!("etcd denied access: {message}"))
+                }
+                Code::ResourceExhausted => (
+                    Kind::Unavailable,
+                    format!("etcd ran out of a resource: {message}"),
+                ),
+                Code::Unavailable if message.contains("no leader") => (
+                    Kind::Unavailable,
+                    "the etcd member has no leader".to_string(),
+                ),
+                code => (
+                    Kind::Unavailable,
+                    format!("etcd answered {code:?}: {message}"),
+                ),
+            }
+        }
+        E::TransportError(_) | E::IoError(_) => {
+            if lower.contains("timed out") || lower.contains("deadline") {
+                (Kind::Timeout, format!("timed out ({chain})"))
+            } else {
+                (Kind::Unavailable, format!("transport error: {chain}"))
+            }
+        }
+        E::InvalidArgs(_) | E::InvalidUri(_) | E::InvalidMetadataValue(_) => (Kind::Config, chain),
+        _ => (Kind::Unavailable, chain),
+    }
+}
+
+/// An error and its sources, joined with `: `.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::{Code, Status};
+
+    fn status(code: Code, message: &str) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(Status::new(code, message))
+    }
+
+    #[test]
+    fn errors_say_what_went_wrong() {
+        let refused = etcd_client::Error::IoError(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        ));
+        assert_eq!(
+            classify(&refused),
+            (Kind::Unavailable, "connection refused".into())
+        );
+        let (kind, why) = classify(&status(
+            Code::OutOfRange,
+            "Error, decoded message length too large: found 6291456 bytes, the limit is: 4194304 bytes",
+        ));
+        assert_eq!(kind, Kind::Unavailable);
+        assert!(
+            why.starts_with("the response is over the gRPC message size limit"),
+            "{why}"
+        );
+        assert_eq!(
+            classify(&status(Code::DeadlineExceeded, "context deadline exceeded")).0,
+            Kind::Timeout
+        );
+        let (_, why) = classify(&status(
+            Code::Unauthenticated,
+            "etcdserver: invalid auth token",
+        ));
+        assert_eq!(
+            why,
+            "etcd refused the credentials: etcdserver: invalid auth token"
+        );
+        let (_, why) = classify(&status(Code::Unavailable, "etcdserver: no leader"));
+        assert_eq!(why, "the etcd member has no leader");
+        let (_, why) = classify(&status(
+            Code::NotFound,
+            "etcdserver: requested lease not found",
+        ));
+        assert_eq!(
+            why,
+            "etcd answered NotFound: etcdserver: requested lease not found"
+        );
     }
 }

@@ -22,7 +22,7 @@ use etcd_client::{GetOptions, KeyValue, WatchOptions};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::EtcdConfig;
-use super::members::Members;
+use super::members::{Members, classify};
 use crate::addr::clip;
 use crate::backoff::Backoff;
 use crate::codec::Format;
@@ -243,11 +243,12 @@ impl Watcher {
                     .into();
                 }
                 Err(e) => {
+                    let (kind, why) = classify(&e);
                     return Error::new(
-                        Kind::Unavailable,
-                        format!("watch on etcd member {endpoint} broke"),
+                        kind,
+                        format!("watch on etcd member {endpoint} broke: {why}"),
                     )
-                    .with_source(e)
+                    .with_described_source(e)
                     .into();
                 }
             };
@@ -283,6 +284,11 @@ impl Watcher {
     }
 
     /// Lists the prefix, emits the `Reset`, and returns the revision to watch from.
+    ///
+    /// The listing is paged: [`LIST_PAGE`](super::LIST_PAGE) keys per range request, every page
+    /// after the first read at the first one's revision, so that the pages together are one
+    /// consistent snapshot however large the fleet is. A page whose revision has been compacted
+    /// meanwhile ends the session with `Compacted`, and the listing starts over.
     async fn list(
         &mut self,
         client: &etcd_client::Client,
@@ -292,30 +298,52 @@ impl Watcher {
             .kv_client()
             .max_decoding_message_size(super::MAX_RESPONSE_BYTES);
         let started = Instant::now();
-        let response = self
-            .members
-            .request(
-                format!("listing {}", self.prefix),
-                kv.get(self.prefix.as_str(), Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
-        let revision = response.header().map_or(0, |h| h.revision());
-        self.held.clear();
-        self.count = 0;
+        let end = super::prefix_range_end(self.prefix.as_bytes());
+        let mut from = self.prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        let mut held = HashMap::new();
+        let mut count = 0;
         let mut skipped = 0;
-        for kv in response.kvs() {
-            if let Some(instances) = self.decode(kv) {
-                self.count += instances.len();
-                self.held
-                    .insert(kv.key_str().unwrap_or_default().to_string(), instances);
-            } else {
-                skipped += 1;
+        let mut pages = 0u32;
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(super::LIST_PAGE);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let response = self
+                .members
+                .request(
+                    format!("listing {} (page {})", self.prefix, pages + 1),
+                    kv.get(from.clone(), Some(options)),
+                )
+                .await?;
+            pages += 1;
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            for kv in response.kvs() {
+                if let Some(instances) = self.decode(kv) {
+                    count += instances.len();
+                    held.insert(kv.key_str().unwrap_or_default().to_string(), instances);
+                } else {
+                    skipped += 1;
+                }
+            }
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
             }
         }
+        self.held = held;
+        self.count = count;
         let mut all: Vec<Instance> = self.held.values().flatten().cloned().collect();
         all.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        info!(%endpoint, revision, instances = all.len(), skipped, elapsed = ?started.elapsed(), "listed");
-        let count = self.count;
+        info!(%endpoint, revision, instances = all.len(), skipped, pages, elapsed = ?started.elapsed(), "listed");
         self.publisher.update_status(|s| {
             s.endpoint = Some(endpoint.to_string());
             s.revision = revision;
