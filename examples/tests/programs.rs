@@ -68,31 +68,53 @@ async fn get(addr: &str, path: &str) -> Result<(u16, serde_json::Value)> {
     Ok((answer.status, serde_json::from_str(&answer.body)?))
 }
 
+/// A `gateway` process on a free port, with a client config file, healthy.
+struct Gateway {
+    child: tokio::process::Child,
+    addr: String,
+    _config: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts `gateway --user-rpc FILE` with `yaml` in FILE and waits until `/healthz` is 200.
+    async fn start(yaml: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("user-rpc.yaml");
+        std::fs::write(&config, yaml)?;
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["--listen", &addr, "--user-rpc"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match get(&addr, "/healthz").await {
+                Ok((200, _)) => break,
+                _ if Instant::now() > deadline => bail!("the gateway is not healthy after 30 s"),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        Ok(Self {
+            child,
+            addr,
+            _config: dir,
+        })
+    }
+}
+
 #[tokio::test]
 async fn the_gateway_turns_http_into_balanced_grpc_calls() -> Result<()> {
     let a = TestServer::start("a").await?;
     let b = TestServer::start("b").await?;
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("user-rpc.yaml");
-    std::fs::write(
-        &config,
-        format!("Endpoints: [{}, {}]\nTimeout: 2000\n", a.addr(), b.addr()),
-    )?;
-    let addr = format!("127.0.0.1:{}", free_port()?);
-    let _gateway = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--listen", &addr, "--user-rpc"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match get(&addr, "/healthz").await {
-            Ok((200, _)) => break,
-            _ if Instant::now() > deadline => bail!("the gateway is not healthy after 30 s"),
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    let gateway = Gateway::start(&format!(
+        "Endpoints: [{}, {}]\nTimeout: 2000\n",
+        a.addr(),
+        b.addr()
+    ))
+    .await?;
+    let addr = gateway.addr.clone();
     let mut instances = std::collections::BTreeSet::new();
     for id in 1..=10 {
         let (status, body) = get(&addr, &format!("/api/user/{id}")).await?;
@@ -123,27 +145,10 @@ async fn the_gateway_turns_http_into_balanced_grpc_calls() -> Result<()> {
 async fn the_gateway_finishes_its_requests_and_exits_on_sigterm() -> Result<()> {
     let slow = TestServer::start("slow").await?;
     slow.set_delay(Duration::from_millis(1500));
-    let addr = format!("127.0.0.1:{}", free_port()?);
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("user-rpc.yaml");
-    std::fs::write(
-        &config,
-        format!("Endpoints: [{}]\nTimeout: 10s\n", slow.addr()),
-    )?;
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--listen", &addr, "--user-rpc"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut gateway =
+        Gateway::start(&format!("Endpoints: [{}]\nTimeout: 10s\n", slow.addr())).await?;
+    let addr = gateway.addr.clone();
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match get(&addr, "/healthz").await {
-            Ok((200, _)) => break,
-            _ if Instant::now() > deadline => bail!("the gateway is not healthy after 30 s"),
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
     let served = slow.served();
     let in_flight = tokio::spawn({
         let addr = addr.clone();
@@ -154,6 +159,7 @@ async fn the_gateway_finishes_its_requests_and_exits_on_sigterm() -> Result<()> 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let pid = gateway
+        .child
         .id()
         .ok_or_else(|| anyhow::anyhow!("the gateway exited early"))?;
     nix::sys::signal::kill(
@@ -164,7 +170,7 @@ async fn the_gateway_finishes_its_requests_and_exits_on_sigterm() -> Result<()> 
     let (status, body) = in_flight.await??;
     assert_eq!(status, 200, "the request in flight was cut: {body}");
     assert_eq!(body["id"], 7);
-    let exit = tokio::time::timeout(Duration::from_secs(30), gateway.wait()).await??;
+    let exit = tokio::time::timeout(Duration::from_secs(30), gateway.child.wait()).await??;
     println!(
         "gateway exited {exit} {:?} after SIGTERM",
         signalled.elapsed()
