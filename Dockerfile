@@ -1,7 +1,7 @@
 # The example binaries (user-rpc, gateway) in a small image, built the same way as
 # `cargo build --release -p switchboard-examples`.
 FROM rust:1-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler \
+RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

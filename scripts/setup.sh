@@ -30,9 +30,9 @@ if $browser && [ -z "${CHROME_BIN:-}" ] && ! command -v chromium >/dev/null 2>&1
 fi
 if $go; then
   command -v go >/dev/null 2>&1 || missing+=(golang-go)
-  gopath="${GOPATH:-/usr/share/gocode}"
-  [ -d "$gopath/src/google.golang.org/grpc/health" ] || missing+=(golang-google-grpc-dev)
-  [ -d "$gopath/src/go.etcd.io/etcd/clientv3/naming/resolver" ] || missing+=(golang-etcd-server-dev)
+  # Debian's Go library packages put their sources here (bookworm: grpc-go 1.33, etcd 3.4).
+  [ -d /usr/share/gocode/src/google.golang.org/grpc/health ] || missing+=(golang-google-grpc-dev)
+  [ -d /usr/share/gocode/src/go.etcd.io/etcd/clientv3/naming/resolver ] || missing+=(golang-etcd-server-dev)
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then

@@ -12,12 +12,13 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy -q --workspace --all-targets -- -D warnings
 
-step "Go conformance peer (grpc-go $(sed -n 's/^const Version = "\(.*\)"/\1/p' "${GOPATH:-/usr/share/gocode}/src/google.golang.org/grpc/version.go"), etcd 3.4 naming; GOPATH mode)"
-gotarget="${CARGO_TARGET_DIR:-$PWD/target}/go"
+step "Go conformance peer (grpc-go $(sed -n 's/^const Version = "\(.*\)"/\1/p' /usr/share/gocode/src/google.golang.org/grpc/version.go), etcd 3.4 naming; GOPATH mode)"
+# Where the tests look for it (testkit's go_peer.rs): go/ in the cargo target directory.
+gotarget="$(realpath -m "${CARGO_TARGET_DIR:-target}")/go"
 mkdir -p "$gotarget"
 gobuild() {
   (cd conformance/go/switchboard-peer \
-    && GOPATH="${GOPATH:-/usr/share/gocode}" GO111MODULE=off GOFLAGS= GOCACHE="$gotarget/cache" go "$@")
+    && GOPATH="/usr/share/gocode${GOPATH:+:$GOPATH}" GO111MODULE=off GOFLAGS= GOCACHE="$gotarget/cache" go "$@")
 }
 gobuild vet .
 gobuild build -o "$gotarget/switchboard-peer" .

@@ -3,12 +3,12 @@
 //! followed, and a watch that resumes after an outage over more than 4 MiB of changes
 //! converges without listing again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use etcd_client::{Client, Txn, TxnOp};
-use switchboard_resolver::{EtcdConfig, EtcdResolver, Resolve};
+use etcd_client::{Client, DeleteOptions, GetOptions, Txn, TxnOp};
+use switchboard_resolver::{EtcdConfig, EtcdResolver, Resolve, Update};
 use switchboard_testkit::{Etcd, FaultProxy};
 use switchboard_tests::{Follower, PATIENCE, init_tracing};
 
@@ -123,6 +123,87 @@ async fn twenty_thousand_kratos_registrations_list_in_pages_and_a_resumed_watch_
     );
     assert!(bytes > 8 * 1024 * 1024, "{bytes} bytes is not a big fleet");
 
+    // The listing is one snapshot: keys written while its pages are read (sorted after every
+    // page, so that an unpinned read would see them) are not in it, and arrive through the watch.
+    let late_writer = {
+        let mut kv = client.clone();
+        tokio::spawn(async move {
+            for n in 0..5_000 {
+                let (_, value, _) = kratos(n, 9);
+                kv.put(format!("{PREFIX}zz-late-{n:05}"), value, None)
+                    .await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let mut resolution =
+        EtcdResolver::new(EtcdConfig::from_hosts(&etcd.hosts())?, PREFIX).resolve();
+    let first = tokio::time::timeout(PATIENCE, resolution.next_update()).await?;
+    late_writer.abort();
+    let Some(Update::Reset(listed)) = first else {
+        bail!("the first update is not a Reset: {first:?}");
+    };
+    let status = resolution.status();
+    drop(resolution);
+    let at = client
+        .kv_client()
+        .max_decoding_message_size(256 * 1024 * 1024)
+        .get(
+            PREFIX,
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_revision(status.revision),
+            ),
+        )
+        .await?;
+    let at_revision: BTreeSet<String> = at
+        .kvs()
+        .iter()
+        .map(|kv| Ok(kv.key_str()?.to_string()))
+        .collect::<Result<_>>()?;
+    let listed_keys: BTreeSet<String> = listed.iter().map(|i| i.key.clone()).collect();
+    let late_after = client
+        .kv_client()
+        .max_decoding_message_size(256 * 1024 * 1024)
+        .get(
+            format!("{PREFIX}zz-late-"),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await?
+        .count() as usize
+        - at_revision
+            .iter()
+            .filter(|k| k.contains("zz-late-"))
+            .count();
+    println!(
+        "listing in {} pages at revision {}: {} instances; {late_after} keys written during and after it",
+        status.listing_pages,
+        status.revision,
+        listed.len()
+    );
+    assert_eq!(
+        status.listing_pages,
+        at_revision.len().div_ceil(1000) as u64,
+        "{status:?}"
+    );
+    assert!(
+        late_after > 0,
+        "no key was written while the pages were read"
+    );
+    assert!(
+        listed_keys == at_revision,
+        "the listing is not the snapshot at its revision"
+    );
+    client
+        .clone()
+        .delete(
+            format!("{PREFIX}zz-late-"),
+            Some(DeleteOptions::new().with_prefix()),
+        )
+        .await?;
+
     // The resolver reaches etcd through a proxy, to cut it off later.
     let endpoint = etcd.endpoint(0);
     let proxy = FaultProxy::start(endpoint.parse()?).await?;
@@ -137,6 +218,7 @@ async fn twenty_thousand_kratos_registrations_list_in_pages_and_a_resumed_watch_
         started.elapsed()
     );
     assert_eq!(status.listings, 1);
+    assert_eq!(status.listing_pages, 20);
     assert_eq!(status.skipped, 0);
     assert_eq!(status.instances, INSTANCES);
 
@@ -170,7 +252,12 @@ async fn twenty_thousand_kratos_registrations_list_in_pages_and_a_resumed_watch_
     proxy.resume();
     let resumed = Instant::now();
     let caught_up = until_held(&follower, &expected).await?;
-    let status = follower.status();
+    // The status follows the held set once the last batch is applied.
+    let status = follower
+        .wait_status(PATIENCE, |s| {
+            s.instances == INSTANCES && s.revision > revision
+        })
+        .await?;
     println!(
         "after the outage: {:.1} MB of changes caught up {caught_up:?} after reconnecting ({:?} in all); status {status:?}",
         moved as f64 / 1e6,

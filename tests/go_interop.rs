@@ -75,6 +75,19 @@ async fn calls(client: &Client, n: usize) -> Result<Vec<(String, String)>> {
     Ok(served)
 }
 
+/// Calls until each of `names` has served one call (at most 1000 calls).
+async fn served_by_all(client: &Client, names: &[&str]) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..1000 {
+        let (instance, _) = calls(client, 1).await?.remove(0);
+        seen.insert(instance);
+        if names.iter().all(|n| seen.contains(*n)) {
+            return Ok(());
+        }
+    }
+    bail!("1000 calls reached only {seen:?} of {names:?}")
+}
+
 fn tally(served: &[(String, String)]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for (instance, _) in served {
@@ -141,9 +154,10 @@ async fn instances_registered_by_etcds_endpoints_manager_are_called_and_followed
     init_tracing();
     let etcd = Etcd::start().await?;
     let hosts = etcd.hosts();
-    let register = ["--etcd", &hosts, "--target", "user.rpc", "--lease-ttl", "2"];
     let mut servers = Vec::new();
-    for name in ["g1", "g2", "g3"] {
+    // g3 is killed later and leaves when its lease expires: a short TTL for it alone.
+    for (name, ttl) in [("g1", "10"), ("g2", "10"), ("g3", "2")] {
+        let register = ["--etcd", &hosts, "--target", "user.rpc", "--lease-ttl", ttl];
         servers.push(go_server(name, &register).await?);
     }
 
@@ -171,6 +185,8 @@ async fn instances_registered_by_etcds_endpoints_manager_are_called_and_followed
     let yaml = format!("Etcd:\n  Hosts: [{hosts}]\n  Key: user.rpc\nTimeout: 10s\n");
     let client = Client::connect(ClientConfig::from_yaml(&yaml)?).await?;
     until(&client, "three READY", |c| ready_count(c) == 3).await?;
+    // The snapshot is written before the picker is published: wait until calls reach all three.
+    served_by_all(&client, &["g1", "g2", "g3"]).await?;
     let counts = tally(&calls(&client, 300).await?);
     println!("300 calls over etcd-naming registrations: {counts:?}");
     assert_eq!(counts.len(), 3, "{counts:?}");
@@ -245,7 +261,12 @@ async fn a_grpc_go_server_not_serving_gets_no_call_until_it_serves() -> Result<(
     init_tracing();
     let up = go_server("up", &[]).await?;
     let down = go_server("down", &["--not-serving"]).await?;
-    let client = static_client(&[up.addr(), down.addr()], "HealthCheck: user.User\n").await?;
+    // Wait-for-ready: a call made before the picker has a healthy instance waits for one.
+    let client = static_client(
+        &[up.addr(), down.addr()],
+        "HealthCheck: user.User\nWaitForReady: true\n",
+    )
+    .await?;
     let health = |addr: SocketAddr| {
         move |c: &Client| {
             c.balancer()
@@ -270,6 +291,7 @@ async fn a_grpc_go_server_not_serving_gets_no_call_until_it_serves() -> Result<(
         down_health(c).map(|h| h.1) == Some(Health::Serving)
     })
     .await?;
+    served_by_all(&client, &["up", "down"]).await?;
     let counts = tally(&calls(&client, 40).await?);
     assert_eq!(counts.get("down"), Some(&20), "{counts:?}");
     Ok(())
@@ -304,8 +326,8 @@ async fn a_grpc_go_server_allowing_one_stream_serves_every_call_of_eight_callers
 async fn too_many_pings_from_grpc_go_doubles_the_keepalive_interval() -> Result<()> {
     init_tracing();
     // grpc-go's enforcement policy: pings at most every 1.5 s while calls are open, else
-    // GOAWAY ENHANCE_YOUR_CALM "too_many_pings" after three strikes. A 1 s interval breaks it;
-    // doubled to 2 s, it holds.
+    // GOAWAY ENHANCE_YOUR_CALM "too_many_pings" after three strikes. A 1 s interval breaks it
+    // within a call of 8 s (about 4 s in); doubled to 2 s, it holds.
     let server = go_server(
         "strict",
         &["--keepalive-min-time", "1500ms", "--delay", "5s"],
@@ -350,20 +372,27 @@ async fn a_grpc_go_client_over_etcd_naming_calls_switchboard_servers_and_follows
             .etcd(EtcdConfig::from_hosts(&etcd.hosts())?, "user.rpc")
             .format(Format::EtcdNaming)
             .listen("127.0.0.1:0".parse()?)
-            .grace(Duration::from_millis(500))
+            .grace(Duration::from_secs(3))
             .ttl(Duration::from_secs(5))
             .add_service(user_service(name))
             .serve()
             .await?;
         serving.push(server);
     }
+    // r1 leaves as `Server` does: deregister, NOT_SERVING, a 3 s grace during which it still
+    // serves, then drain. The Go client follows the DELETE, not a closed listener.
     let r1 = serving.remove(0);
-    let summary = go_client_follows_a_leave(&etcd.hosts(), "user.rpc", "r2", async move {
-        r1.shutdown().await;
-        Ok(())
-    })
-    .await?;
-    println!("switchboard::Server r1 left: {summary}");
+    let followed =
+        go_client_follows_a_leave(&etcd.hosts(), "user.rpc", &["r1", "r2"], "r2", async move {
+            r1.shutdown().await;
+            Ok(())
+        })
+        .await?;
+    println!("switchboard::Server r1 left: {}", followed.summary);
+    assert!(
+        !followed.leave_done_first,
+        "the client moved only once r1 had stopped serving"
+    );
     Ok(())
 }
 
@@ -392,11 +421,13 @@ async fn a_grpc_go_client_over_etcd_naming_calls_instances_of_the_registrar_and_
         .await?;
         registrations.push(registration);
     }
+    // r1's server keeps serving: only following the DELETE moves the client.
     let r1 = registrations.remove(0);
-    let summary = go_client_follows_a_leave(&etcd.hosts(), "user.rpc", "r2", async move {
-        r1.deregister().await.context("deregistering r1")
-    })
-    .await?;
-    println!("Registrar r1 left: {summary}");
+    let followed =
+        go_client_follows_a_leave(&etcd.hosts(), "user.rpc", &["r1", "r2"], "r2", async move {
+            r1.deregister().await.context("deregistering r1")
+        })
+        .await?;
+    println!("Registrar r1 left: {}", followed.summary);
     Ok(())
 }

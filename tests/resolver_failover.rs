@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use switchboard_resolver::{EtcdConfig, EtcdResolver, Resolve};
-use switchboard_testkit::Etcd;
+use switchboard_testkit::{Etcd, FaultProxy};
 use switchboard_tests::{
     Follower, Lcg, PATIENCE, churn_step_retrying, converge, init_tracing, plain_entries, retry,
 };
@@ -110,5 +110,30 @@ async fn etcd_fully_down_keeps_the_last_set() -> Result<()> {
         removals + 1,
         "only the deleted instance was removed: resuming is a diff, not a flap"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_member_that_never_answers_is_reported_as_a_timeout_not_a_refusal() -> Result<()> {
+    init_tracing();
+    let etcd = Etcd::start().await?;
+    let proxy = FaultProxy::start(etcd.endpoint(0).parse()?).await?;
+    // Silent from the start: connections are accepted and nothing comes back.
+    proxy.pause();
+    let config = EtcdConfig::from_hosts(&proxy.addr().to_string())?
+        .connect_timeout(Duration::from_millis(500))
+        .request_timeout(Duration::from_millis(500));
+    let follower = Follower::new(EtcdResolver::new(config, "silent.rpc").resolve());
+    let status = follower
+        .wait_status(PATIENCE, |s| s.last_error.is_some())
+        .await?;
+    let error = status.last_error.unwrap_or_default();
+    println!("a silent member: {error}");
+    assert!(
+        error.contains("timed out") || error.contains("no answer in time"),
+        "{error}"
+    );
+    assert!(!error.contains("refused"), "{error}");
+    assert!(!status.connected);
     Ok(())
 }

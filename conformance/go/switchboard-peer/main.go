@@ -56,6 +56,8 @@ func fail(format string, args ...interface{}) {
 }
 
 func main() {
+	// A test harness that is killed takes its peers with it: SIGKILL when the parent dies.
+	syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0)
 	if len(os.Args) < 2 {
 		fail("usage: switchboard-peer serve|call [flags]")
 	}
@@ -290,13 +292,13 @@ func serve(args []string) {
 			}
 		}()
 	}
+	// Signals are caught before the address is announced: a test may signal at once.
+	signals := make(chan os.Signal, 4)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1)
 	say("listening %s", addr)
 	if key != "" {
 		say("registered %s lease %d", key, lease)
 	}
-
-	signals := make(chan os.Signal, 4)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1)
 	go func() {
 		for sig := range signals {
 			if sig == syscall.SIGUSR1 {

@@ -388,7 +388,7 @@ async fn a_grpc_go_client_over_etcd_naming_follows_what_register_holds() -> Resu
         let addr = server.addr().to_string();
         let mut cmd = switchboard();
         cmd.args(["register", "--etcd", &etcd.hosts(), "--key", "user.rpc"])
-            .args(["--addr", &addr, "--format", "etcd-naming", "--ttl", "2"]);
+            .args(["--addr", &addr, "--format", "etcd-naming"]);
         let register = Lines::spawn(cmd)?;
         let line = register.next(1)?.remove(0);
         assert!(line.starts_with("registered user.rpc/"), "{line}");
@@ -397,9 +397,10 @@ async fn a_grpc_go_client_over_etcd_naming_follows_what_register_holds() -> Resu
     // grpc-go's round_robin over etcd's own naming resolver (Debian's grpc-go 1.33 and etcd
     // 3.4): every call succeeds, and once r1's `register` gets SIGTERM, every call goes to r2.
     let mut r1 = held.remove(0);
-    let summary = switchboard_testkit::go_client_follows_a_leave(
+    let followed = switchboard_testkit::go_client_follows_a_leave(
         &etcd.hosts(),
         "user.rpc",
+        &["r1", "r2"],
         "r2",
         async move {
             terminate(&r1.child)?;
@@ -409,7 +410,7 @@ async fn a_grpc_go_client_over_etcd_naming_follows_what_register_holds() -> Resu
         },
     )
     .await?;
-    println!("`switchboard register` r1 left: {summary}");
+    println!("`switchboard register` r1 left: {}", followed.summary);
     Ok(())
 }
 

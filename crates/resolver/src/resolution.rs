@@ -39,6 +39,9 @@ pub struct ResolverStatus {
     pub listings: u64,
     /// Values skipped because they did not decode.
     pub skipped: u64,
+    /// How many range requests the last listing took: etcd lists a big prefix in pages of
+    /// 1 000 keys, all read at the revision of the first.
+    pub listing_pages: u64,
 }
 
 /// A live resolution: a [`Stream`] of [`Update`]s (the first is always a [`Update::Reset`])

@@ -50,18 +50,23 @@ fn source_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/go/switchboard-peer")
 }
 
-/// Where the binary goes: `$CARGO_TARGET_DIR/go`, else the workspace's `target/go`.
+/// Where the binary goes: `go/` in the cargo target directory of the running test (found from
+/// its own path, `TARGET/PROFILE/deps/NAME`), else in the workspace's `target/`.
 fn output_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let deps = exe.ancestors().find(|a| a.ends_with("deps"))?;
+            Some(deps.parent()?.parent()?.to_path_buf())
+        })
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
         .join("go")
 }
 
 /// The peer's binary, built if it is missing or older than its sources.
 ///
-/// `SWITCHBOARD_GO_PEER` names a binary built elsewhere; `GOPATH` defaults to Debian's
-/// `/usr/share/gocode`.
+/// `SWITCHBOARD_GO_PEER` names a binary built elsewhere. Sources are found in Debian's
+/// `/usr/share/gocode`, then in `$GOPATH` if set.
 pub async fn go_peer_bin() -> Result<PathBuf> {
     BINARY.get_or_try_init(build).await.cloned()
 }
@@ -85,7 +90,10 @@ async fn build() -> Result<PathBuf> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     // Several test processes may build at once: each writes its own file and renames it.
     let partial = out.join(format!("switchboard-peer.{}.partial", std::process::id()));
-    let gopath = std::env::var("GOPATH").unwrap_or_else(|_| DEBIAN_GOPATH.to_string());
+    let gopath = match std::env::var("GOPATH") {
+        Ok(own) if !own.is_empty() => format!("{DEBIAN_GOPATH}:{own}"),
+        _ => DEBIAN_GOPATH.to_string(),
+    };
     info!(sources = %sources.display(), "building the Go conformance peer");
     let mut command = Command::new("go");
     command
@@ -260,41 +268,59 @@ impl GoClient {
     }
 }
 
-/// Runs a grpc-go client over etcd's naming resolver on `target`, whose instances are
-/// registered under it: 100 calls without an error reaching every instance, then `leave` makes
-/// all but `staying` leave, and the client must follow to `staying` alone (50 calls in a row),
-/// still without an error. Returns the client's summary line.
+/// What [`go_client_follows_a_leave`] saw.
+#[derive(Debug)]
+pub struct Followed {
+    /// Calls, counts and the client's summary line, to print.
+    pub summary: String,
+    /// Whether the leave had finished when the client was calling `staying` alone: `false`
+    /// means the client followed while the leaving instance still served (during its grace).
+    pub leave_done_first: bool,
+}
+
+/// Runs a grpc-go client over etcd's naming resolver on `target`: 100 calls without an error,
+/// until every one of `instances` has served, then runs `leave` (which makes all but `staying`
+/// leave) while the client keeps calling; the client must follow to `staying` alone (50 calls
+/// in a row), still without an error.
 pub async fn go_client_follows_a_leave<F>(
     etcd_hosts: &str,
     target: &str,
+    instances: &[&str],
     staying: &str,
     leave: F,
-) -> Result<String>
+) -> Result<Followed>
 where
-    F: std::future::Future<Output = Result<()>>,
+    F: std::future::Future<Output = Result<()>> + Send + 'static,
 {
     let patience = Duration::from_secs(30);
     let mut go = GoClient::start(etcd_hosts, target, &["--interval", "5ms"]).await?;
     let mut before = go.take(100, patience).await?;
-    // round_robin reaches every READY address; `staying` may still be connecting at first.
-    if !before
-        .iter()
-        .any(|c| matches!(c, GoCall::Ok { instance, .. } if instance == staying))
-    {
-        before.extend(go.until_only(staying, 1, 1000, patience).await?);
+    // round_robin reaches every READY address; some may still be connecting at first.
+    let served = |calls: &[GoCall], name: &str| {
+        calls
+            .iter()
+            .any(|c| matches!(c, GoCall::Ok { instance, .. } if instance == name))
+    };
+    while let Some(missing) = instances.iter().find(|i| !served(&before, i)) {
+        if before.len() >= 2000 {
+            bail!("{missing} served none of {} calls", before.len());
+        }
+        before.push(go.next_call(patience).await?);
     }
     if let Some(failed) = before.iter().find(|c| matches!(c, GoCall::Error { .. })) {
         bail!("a call failed before the leave: {failed:?}");
     }
-    leave.await?;
+    let leaving = tokio::spawn(leave);
     let after = go.until_only(staying, 50, 20_000, patience).await?;
+    let leave_done_first = leaving.is_finished();
+    leaving.await.context("the leave panicked")??;
     let (tail, summary) = go.stop().await?;
     if let Some(failed) = after
         .iter()
         .chain(&tail)
         .find(|c| matches!(c, GoCall::Error { .. }))
     {
-        bail!("a call failed after the leave: {failed:?}");
+        bail!("a call failed after the leave began: {failed:?}");
     }
     if let Some(stray) = tail
         .iter()
@@ -302,11 +328,14 @@ where
     {
         bail!("a call after the leave went elsewhere: {stray:?}");
     }
-    Ok(format!(
-        "{} calls before, {} until 50 in a row went to {staying}; {summary}",
-        before.len(),
-        after.len()
-    ))
+    Ok(Followed {
+        summary: format!(
+            "{} calls reached {instances:?}; after the leave began, {} calls until 50 in a row went to {staying}; {summary}",
+            before.len(),
+            after.len()
+        ),
+        leave_done_first,
+    })
 }
 
 fn parse_call(line: &str) -> Option<GoCall> {

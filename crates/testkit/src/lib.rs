@@ -55,7 +55,9 @@ mod server;
 mod tls;
 
 pub use etcd::{Etcd, etcdctl_bin};
-pub use go_peer::{GoCall, GoClient, go_client_follows_a_leave, go_conn, go_peak, go_peer_bin};
+pub use go_peer::{
+    Followed, GoCall, GoClient, go_client_follows_a_leave, go_conn, go_peak, go_peer_bin,
+};
 pub use ports::free_port;
 pub use process::ServerProcess;
 pub use proxy::FaultProxy;

@@ -24,8 +24,8 @@ use switchboard_examples::gateway::Args;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::Instrument as _;
 
-/// How long requests in flight may take after SIGTERM or SIGINT.
-const DRAIN: Duration = Duration::from_secs(10);
+/// How long requests in flight may take after SIGTERM or SIGINT: within `docker stop`'s 10 s.
+const DRAIN: Duration = Duration::from_secs(8);
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -36,6 +36,12 @@ async fn main() -> Result<()> {
         )
         .init();
     let args = Args::parse();
+    // SIGTERM is what `docker stop` and Kubernetes send, to PID 1 in a container, which has no
+    // default action for it: without a handler the gateway would be killed after the grace
+    // period instead of finishing its requests. Caught from the start, so that one sent while
+    // the gateway connects is not lost.
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     // The recorder behind the `metrics` facade that switchboard reports through, installed
     // before the client exists so that nothing it records is lost.
     let metrics = PrometheusBuilder::new()
@@ -63,19 +69,16 @@ async fn main() -> Result<()> {
         }
         (None, None) => bail!("give --user-rpc FILE or --etcd HOSTS"),
     };
-    let client = Client::connect(config)
-        .await
-        .context("connecting to user.rpc")?;
+    let client = tokio::select! {
+        client = Client::connect(config) => client.context("connecting to user.rpc")?,
+        _ = terminate.recv() => return Ok(()),
+        _ = interrupt.recv() => return Ok(()),
+    };
     let app = switchboard_examples::gateway::router_with_metrics(client, metrics);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    // SIGTERM is what `docker stop` and Kubernetes send, to PID 1 in a container, which has no
-    // default action for it: without a handler the gateway would be killed after the grace
-    // period instead of finishing its requests.
-    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     let serve = axum::serve(listener, app)
         .with_graceful_shutdown(async move {

@@ -120,33 +120,71 @@ pub(crate) async fn bounded<T>(
     }
 }
 
-/// What an etcd client error means, in a few words: a refused connection, a response over the
-/// message size limit, a timeout, an authentication failure, or what etcd answered.
+/// What an etcd client error means, in a few words: what happened on the way (a refused or
+/// reset connection, no answer in time, a name that does not resolve, a TLS failure, a message
+/// over a size limit), or what etcd itself answered.
+///
+/// etcd-client reports failures of its own transport as gRPC statuses too (tonic turns a failed
+/// connect into `Unavailable` "tcp connect error" and a timeout into `Cancelled` "Timeout
+/// expired", with the cause as the status's source); only a status without a source is an
+/// answer from etcd.
 pub(crate) fn classify(e: &etcd_client::Error) -> (Kind, String) {
     use etcd_client::Error as E;
+    use std::error::Error as _;
     use tonic::Code;
     let chain = chain(e);
     let lower = chain.to_lowercase();
-    if lower.contains("connection refused") {
+    let has = |needles: &[&str]| needles.iter().any(|n| lower.contains(n));
+    if has(&["connection refused"]) {
         return (Kind::Unavailable, "connection refused".into());
     }
-    if lower.contains("connection reset") || lower.contains("connectionreset") {
+    if has(&["connection reset", "connectionreset"]) {
         return (Kind::Unavailable, "the connection was reset".into());
     }
-    if lower.contains("broken pipe") || lower.contains("brokenpipe") {
+    if has(&["broken pipe", "brokenpipe"]) {
         return (
             Kind::Unavailable,
             "the connection was closed (broken pipe)".into(),
         );
     }
-    if lower.contains("message length too large") || lower.contains("larger than max") {
+    if has(&["decoded message length too large"]) {
         return (
             Kind::Unavailable,
-            format!("the response is over the gRPC message size limit ({chain})"),
+            format!("etcd's response is over the gRPC message size limit ({chain})"),
         );
     }
+    if has(&["encoded message length too large", "larger than max"]) {
+        return (
+            Kind::Unavailable,
+            format!("the request is over a gRPC message size limit ({chain})"),
+        );
+    }
+    let from_etcd = match e {
+        E::GRpcStatus(status) => status.source().is_none(),
+        _ => false,
+    };
+    if !from_etcd {
+        if has(&[
+            "timeout expired",
+            "timed out",
+            "timedout",
+            "deadline has elapsed",
+            "elapsed",
+        ]) {
+            return (Kind::Timeout, format!("no answer in time ({chain})"));
+        }
+        if has(&["dns error", "failed to lookup", "name or service not known"]) {
+            return (
+                Kind::Unavailable,
+                format!("the host name does not resolve ({chain})"),
+            );
+        }
+        if has(&["certificate", "tls", "handshake"]) {
+            return (Kind::Unavailable, format!("TLS failed ({chain})"));
+        }
+    }
     match e {
-        E::GRpcStatus(status) => {
+        E::GRpcStatus(status) if from_etcd => {
             let message = status.message();
             match status.code() {
                 Code::DeadlineExceeded => (Kind::Timeout, format!("etcd timed out: {message}")),
@@ -171,15 +209,8 @@ pub(crate) fn classify(e: &etcd_client::Error) -> (Kind, String) {
                 ),
             }
         }
-        E::TransportError(_) | E::IoError(_) => {
-            if lower.contains("timed out") || lower.contains("deadline") {
-                (Kind::Timeout, format!("timed out ({chain})"))
-            } else {
-                (Kind::Unavailable, format!("transport error: {chain}"))
-            }
-        }
         E::InvalidArgs(_) | E::InvalidUri(_) | E::InvalidMetadataValue(_) => (Kind::Config, chain),
-        _ => (Kind::Unavailable, chain),
+        _ => (Kind::Unavailable, format!("transport error: {chain}")),
     }
 }
 
@@ -207,6 +238,13 @@ mod tests {
         etcd_client::Error::GRpcStatus(Status::new(code, message))
     }
 
+    /// A status tonic made from a transport failure: the cause is its source.
+    fn transport(code: Code, message: &str, cause: std::io::Error) -> etcd_client::Error {
+        let mut status = Status::new(code, message);
+        status.set_source(std::sync::Arc::new(cause));
+        etcd_client::Error::GRpcStatus(status)
+    }
+
     #[test]
     fn errors_say_what_went_wrong() {
         let refused = etcd_client::Error::IoError(std::io::Error::new(
@@ -223,9 +261,24 @@ mod tests {
         ));
         assert_eq!(kind, Kind::Unavailable);
         assert!(
-            why.starts_with("the response is over the gRPC message size limit"),
+            why.starts_with("etcd's response is over the gRPC message size limit"),
             "{why}"
         );
+        // tonic's own failures come as statuses with a source: not answers from etcd.
+        let (kind, why) = classify(&transport(
+            Code::Cancelled,
+            "Timeout expired",
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "Timeout expired"),
+        ));
+        assert_eq!(kind, Kind::Timeout, "{why}");
+        assert!(why.starts_with("no answer in time"), "{why}");
+        let (kind, why) = classify(&transport(
+            Code::Unavailable,
+            "tcp connect error",
+            std::io::Error::other("dns error: failed to lookup address information"),
+        ));
+        assert_eq!(kind, Kind::Unavailable);
+        assert!(why.starts_with("the host name does not resolve"), "{why}");
         assert_eq!(
             classify(&status(Code::DeadlineExceeded, "context deadline exceeded")).0,
             Kind::Timeout

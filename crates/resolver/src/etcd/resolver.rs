@@ -350,6 +350,7 @@ impl Watcher {
             s.instances = count;
             s.listings += 1;
             s.skipped += skipped;
+            s.listing_pages = u64::from(pages);
         });
         self.publisher
             .send(Update::Reset(all))
