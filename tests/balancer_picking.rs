@@ -129,7 +129,12 @@ async fn pick_first_sticks_to_one_instance_then_fails_over_in_order() -> Result<
         .map(|s| instance(s.name(), s.addr()))
         .collect();
     send(&publisher, Update::Reset(all)).await?;
-    wait_ready(&balancer, 3).await?;
+    let p1 = servers[0].addr().to_string();
+    let p2 = servers[1].addr().to_string();
+    wait_snapshot(&balancer, "three READY, p1 picked", |s| {
+        s.ready() == 3 && s.by_addr(&p1).is_some_and(|c| c.in_picker)
+    })
+    .await?;
     assert_eq!(
         counts(&balancer, 50).await?,
         BTreeMap::from([("p1".to_string(), 50)])
@@ -139,9 +144,10 @@ async fn pick_first_sticks_to_one_instance_then_fails_over_in_order() -> Result<
     let first = servers.remove(0);
     let addr = first.addr().to_string();
     first.abort();
-    wait_snapshot(&balancer, "p1 leaves READY", |s| {
+    wait_snapshot(&balancer, "p1 leaves READY and p2 is picked", |s| {
         s.by_addr(&addr)
             .is_some_and(|c| c.state != ConnectivityState::Ready)
+            && s.by_addr(&p2).is_some_and(|c| c.in_picker)
     })
     .await?;
     assert_eq!(
@@ -156,7 +162,10 @@ async fn pick_first_sticks_to_one_instance_then_fails_over_in_order() -> Result<
             .map_or(0, |(_, p)| p.parse().unwrap_or(0)),
     )
     .await?;
-    wait_ready(&balancer, 3).await?;
+    wait_snapshot(&balancer, "p1 READY again, p2 still picked", |s| {
+        s.ready() == 3 && s.by_addr(&p2).is_some_and(|c| c.in_picker)
+    })
+    .await?;
     assert_eq!(
         counts(&balancer, 20).await?,
         BTreeMap::from([("p2".to_string(), 20)])

@@ -104,11 +104,14 @@ pub async fn wait_snapshot(
     }
 }
 
-/// Waits until `n` sub-channels are READY.
+/// Waits until `n` sub-channels are READY and the published picker sends RPCs to all of them
+/// (a sub-channel's state is written before the picker follows it).
 pub async fn wait_ready(balancer: &Balancer, n: usize) -> Result<ChannelSnapshot> {
-    wait_snapshot(balancer, &format!("{n} READY sub-channels"), |s| {
-        s.ready() == n
-    })
+    wait_snapshot(
+        balancer,
+        &format!("{n} READY sub-channels in the picker"),
+        |s| s.ready() == n && s.in_picker() == n,
+    )
     .await
 }
 

@@ -184,7 +184,10 @@ async fn instances_registered_by_etcds_endpoints_manager_are_called_and_followed
 
     let yaml = format!("Etcd:\n  Hosts: [{hosts}]\n  Key: user.rpc\nTimeout: 10s\n");
     let client = Client::connect(ClientConfig::from_yaml(&yaml)?).await?;
-    until(&client, "three READY", |c| ready_count(c) == 3).await?;
+    until(&client, "three READY, in the picker", |c| {
+        ready_count(c) == 3 && c.balancer().snapshot().in_picker() == 3
+    })
+    .await?;
     // The snapshot is written before the picker is published: wait until calls reach all three.
     served_by_all(&client, &["g1", "g2", "g3"]).await?;
     let counts = tally(&calls(&client, 300).await?);
@@ -279,6 +282,7 @@ async fn a_grpc_go_server_not_serving_gets_no_call_until_it_serves() -> Result<(
     until(&client, "health known", |c| {
         up_health(c) == Some((ConnectivityState::Ready, Health::Serving))
             && down_health(c) == Some((ConnectivityState::Ready, Health::NotServing))
+            && c.balancer().snapshot().in_picker() == 1
     })
     .await?;
     let counts = tally(&calls(&client, 40).await?);

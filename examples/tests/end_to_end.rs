@@ -39,7 +39,11 @@ async fn client(etcd: &Etcd) -> Result<(Client, User)> {
 async fn ready(client: &Client, n: usize) -> Result<()> {
     let mut state = client.balancer().watch_state();
     tokio::time::timeout(Duration::from_secs(20), async {
-        while client.balancer().snapshot().ready() != n {
+        // READY, and in the published picker (which follows the state a moment later).
+        while {
+            let snapshot = client.balancer().snapshot();
+            snapshot.ready() != n || snapshot.in_picker() != n
+        } {
             // The aggregate state may not change; poll the snapshot between its changes.
             let _ = tokio::time::timeout(Duration::from_millis(20), state.changed()).await;
         }

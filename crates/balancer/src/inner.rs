@@ -35,6 +35,10 @@ pub(crate) struct Inner<S> {
     state: watch::Sender<ConnectivityState>,
     /// Every sub-channel not yet SHUTDOWN, by instance key and id.
     members: Mutex<BTreeMap<(String, u64), Arc<Shared>>>,
+    /// The ids of the sub-channels the published picker picks from, set after it is stored.
+    picked: Mutex<Vec<u64>>,
+    /// Resolver updates applied so far.
+    updates: AtomicU64,
 }
 
 impl<S> Inner<S> {
@@ -46,6 +50,8 @@ impl<S> Inner<S> {
             changed: Notify::new(),
             state: watch::Sender::new(ConnectivityState::Connecting),
             members: Mutex::new(BTreeMap::new()),
+            picked: Mutex::new(Vec::new()),
+            updates: AtomicU64::new(0),
         }
     }
 
@@ -61,8 +67,12 @@ impl<S> Inner<S> {
         self.generation.load(Ordering::Acquire)
     }
 
-    pub(crate) fn store(&self, snapshot: Snapshot<S>) {
+    /// Publishes a picker snapshot that picks from the sub-channels `picked`. The snapshot is
+    /// stored before `picked` is recorded, so that whoever sees a sub-channel as picked in
+    /// [`Inner::snapshot`] also sees the picker that picks it.
+    pub(crate) fn store(&self, snapshot: Snapshot<S>, picked: Vec<u64>) {
         self.picker.store(Arc::new(snapshot));
+        *self.picked.lock().unwrap_or_else(|e| e.into_inner()) = picked;
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.changed.notify_waiters();
     }
@@ -86,6 +96,11 @@ impl<S> Inner<S> {
                 true
             }
         }
+    }
+
+    /// Counts a resolver update as applied (its sub-channels created or drained).
+    pub(crate) fn update_applied(&self) {
+        self.updates.fetch_add(1, Ordering::Release);
     }
 
     pub(crate) fn state(&self) -> ConnectivityState {
@@ -122,6 +137,13 @@ impl<S> Inner<S> {
     }
 
     pub(crate) fn snapshot(&self) -> ChannelSnapshot {
+        let generation = self.generation();
+        let updates_applied = self.updates.load(Ordering::Acquire);
+        let picked = self
+            .picked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let members: Vec<Arc<Shared>> = self
             .members
             .lock()
@@ -134,6 +156,7 @@ impl<S> Inner<S> {
             .map(|m| {
                 let info = m.info();
                 SubchannelSnapshot {
+                    id: m.id,
                     key: m.key.clone(),
                     addr: m.addr.clone(),
                     state: info.state,
@@ -150,12 +173,15 @@ impl<S> Inner<S> {
                     last_error: info.last_error,
                     health: info.health,
                     ejected: m.ejected.load(Ordering::Relaxed),
+                    in_picker: picked.contains(&m.id),
                 }
             })
             .collect();
         ChannelSnapshot {
             target: self.target.clone(),
             state: self.state(),
+            picker_generation: generation,
+            updates_applied,
             subchannels,
         }
     }

@@ -13,6 +13,12 @@ pub struct ChannelSnapshot {
     pub target: String,
     /// The aggregate state.
     pub state: ConnectivityState,
+    /// How many pickers were published so far: it grows each time the set of sub-channels that
+    /// RPCs are sent to changes (or the channel starts queueing or failing them).
+    pub picker_generation: u64,
+    /// How many resolver updates (`Reset`, `Add`, `Remove`) the balancer has applied: the
+    /// sub-channels listed are those after the last of them (draining ones included).
+    pub updates_applied: u64,
     /// One entry per sub-channel not yet SHUTDOWN (draining ones included), in instance-key
     /// order.
     pub subchannels: Vec<SubchannelSnapshot>,
@@ -21,6 +27,9 @@ pub struct ChannelSnapshot {
 /// One sub-channel's address, state and counters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SubchannelSnapshot {
+    /// Its id, unique in the process for its life: a sub-channel kept across resolver updates
+    /// keeps it, a new connection to a moved instance gets a new one.
+    pub id: u64,
     /// The instance's key in the registry.
     pub key: String,
     /// `host:port`.
@@ -47,12 +56,21 @@ pub struct SubchannelSnapshot {
     pub health: Health,
     /// Whether outlier detection has ejected it for now.
     pub ejected: bool,
+    /// Whether the published picker sends RPCs to it (for `pick_first`, whether it is the one
+    /// picked). Its state and health are written before the picker follows them: a sub-channel
+    /// READY and SERVING takes calls once this is true.
+    pub in_picker: bool,
 }
 
 impl ChannelSnapshot {
     /// The sub-channel of the instance at `addr`, if there is one.
     pub fn by_addr(&self, addr: &str) -> Option<&SubchannelSnapshot> {
         self.subchannels.iter().find(|s| s.addr == addr)
+    }
+
+    /// How many sub-channels the published picker sends RPCs to.
+    pub fn in_picker(&self) -> usize {
+        self.subchannels.iter().filter(|s| s.in_picker).count()
     }
 
     /// How many sub-channels are READY.

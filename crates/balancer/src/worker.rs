@@ -174,11 +174,9 @@ impl<C: Connector> Worker<C> {
                 let _ = previous.drain.send(true);
             }
         }
-        self.inner
-            .store(Snapshot::Fail(tonic::Status::unavailable(format!(
-                "the channel to {} is closed",
-                self.config.target
-            ))));
+        let closed =
+            tonic::Status::unavailable(format!("the channel to {} is closed", self.config.target));
+        self.inner.store(Snapshot::Fail(closed), Vec::new());
         self.inner.set_state(ConnectivityState::Shutdown);
     }
 
@@ -234,6 +232,7 @@ impl<C: Connector> Worker<C> {
                 Change::Replaced { old, new } => self.replace(old, new),
             }
         }
+        self.inner.update_applied();
     }
 
     fn replace(&mut self, old: Instance, new: Instance) {
@@ -513,10 +512,12 @@ impl<C: Connector> Worker<C> {
                 self.build_picker();
             }
         } else if state == ConnectivityState::TransientFailure {
-            self.inner
-                .store(Snapshot::Fail(tonic::Status::unavailable(self.failure())));
+            self.inner.store(
+                Snapshot::Fail(tonic::Status::unavailable(self.failure())),
+                Vec::new(),
+            );
         } else if was_pick || ready_dirty || self.inner.state() != state {
-            self.inner.store(Snapshot::Queue);
+            self.inner.store(Snapshot::Queue, Vec::new());
         }
         self.inner.set_state(state);
     }
@@ -563,7 +564,7 @@ impl<C: Connector> Worker<C> {
                     None => {
                         // An instance earlier in order is still on its first attempt: wait
                         // for it, as pick-first's in-order attempts would.
-                        self.inner.store(Snapshot::Queue);
+                        self.inner.store(Snapshot::Queue, Vec::new());
                         return;
                     }
                 },
@@ -571,11 +572,15 @@ impl<C: Connector> Worker<C> {
         }
         let sticky = self.sticky;
         debug!(target = %self.config.target, ready = ready.len(), "new picker");
+        let picked = match sticky {
+            Some(id) if self.config.policy == Policy::PickFirst => vec![id],
+            _ => ready.iter().map(|r| r.0.sub.id).collect(),
+        };
         let picker = self
             .config
             .policy
             .build(ready, self.rng.random(), |r| Some(r.0.sub.id) == sticky);
-        self.inner.store(Snapshot::Pick(picker));
+        self.inner.store(Snapshot::Pick(picker), picked);
     }
 
     /// Pick-first's choice: the first READY sub-channel in resolver order, unless one before

@@ -32,7 +32,8 @@ async fn client(addrs: &[SocketAddr], settings: &str) -> Result<Client> {
     Ok(Client::connect(ClientConfig::from_yaml(&yaml)?).await?)
 }
 
-/// Waits until the snapshot's entry for `addr` satisfies `ok`.
+/// Waits until the snapshot's entry for `addr` satisfies `ok` and the published picker agrees
+/// with it.
 async fn until(
     client: &Client,
     addr: SocketAddr,
@@ -43,7 +44,11 @@ async fn until(
         loop {
             let snapshot = client.balancer().snapshot();
             if let Some(s) = snapshot.by_addr(&addr) {
-                if ok(s.health, s.state) {
+                // The state and health are written before the picker follows them: wait for
+                // the picker too, so that calls made next see what the snapshot says.
+                let pickable =
+                    s.state == ConnectivityState::Ready && s.health.is_pickable() && !s.ejected;
+                if ok(s.health, s.state) && s.in_picker == pickable {
                     return;
                 }
             }

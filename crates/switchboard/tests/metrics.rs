@@ -92,7 +92,7 @@ async fn prometheus_text_counts_every_pick_and_result() -> Result<()> {
         .ready(std::time::Duration::from_secs(10))
         .await?;
     tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while client.balancer().snapshot().ready() < 3 {
+        while client.balancer().snapshot().in_picker() < 3 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     })

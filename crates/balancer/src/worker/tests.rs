@@ -76,13 +76,16 @@ struct Model {
 }
 
 impl Model {
-    /// Applies `op`; returns the update the resolver would send.
-    fn apply(&mut self, op: &Op) -> Update {
-        match op {
+    /// Applies `op`; returns the update the resolver would send, and the keys whose
+    /// sub-channel it must create anew.
+    fn apply(&mut self, op: &Op) -> (Update, Vec<u8>) {
+        let mut fresh = Vec::new();
+        let update = match op {
             Op::Reset(list) => {
                 for (k, v) in list {
                     if self.held.get(k) != Some(v) {
                         self.created += 1;
+                        fresh.push(*k);
                     }
                 }
                 self.held = list.clone();
@@ -95,6 +98,7 @@ impl Model {
             Op::Add(k, v) => {
                 if self.held.insert(*k, *v) != Some(*v) {
                     self.created += 1;
+                    fresh.push(*k);
                 }
                 Update::Add(Instance::new(key(*k), addr(*k, *v)))
             }
@@ -102,7 +106,8 @@ impl Model {
                 self.held.remove(k);
                 Update::Remove(key(*k))
             }
-        }
+        };
+        (update, fresh)
     }
 
     fn pairs(&self) -> Vec<(String, String)> {
@@ -125,8 +130,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             .seed(3)
             .spawn(resolution, recorder.clone());
         let mut model = Model::default();
+        // The sub-channel id of each key after the previous op.
+        let mut ids: BTreeMap<String, u64> = BTreeMap::new();
         for (i, op) in ops.iter().enumerate() {
-            let update = model.apply(op);
+            let (update, fresh) = model.apply(op);
             prop_assert!(publisher.send(update).await.is_ok(), "the worker is gone");
             let expected = model.pairs();
             let start = Instant::now();
@@ -138,12 +145,32 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .map(|s| (s.key.clone(), s.addr.clone()))
                     .collect();
                 held.sort();
-                if held == expected && recorder.attempts() == model.created {
+                // This update applied (not an earlier state that happens to match), every
+                // sub-channel it drained gone, and exactly the connections it called for.
+                let applied = snapshot.updates_applied == i as u64 + 1;
+                if applied && held == expected && recorder.attempts() == model.created {
+                    // A kept instance kept its sub-channel; a new or moved one has a new one.
+                    let now: BTreeMap<String, u64> = snapshot
+                        .subchannels
+                        .iter()
+                        .map(|s| (s.key.clone(), s.id))
+                        .collect();
+                    for (k, id) in &now {
+                        let renewed = fresh.iter().any(|f| key(*f) == *k);
+                        let before = ids.get(k);
+                        prop_assert!(
+                            renewed != (before == Some(id)),
+                            "after op {i} of {ops:?}: {k} has sub-channel {id}, before {before:?}, expected {}",
+                            if renewed { "a new one" } else { "the same" }
+                        );
+                    }
+                    ids = now;
                     break;
                 }
                 prop_assert!(
                     start.elapsed() < Duration::from_secs(5),
-                    "after op {i} of {ops:?}: held {held:?}, expected {expected:?}; {} attempts, expected {}",
+                    "after op {i} of {ops:?}: {} updates applied; held {held:?}, expected {expected:?}; {} attempts, expected {}",
+                    snapshot.updates_applied,
                     recorder.attempts(),
                     model.created
                 );
