@@ -205,11 +205,14 @@ async fn without_instances_calls_fail_fast_or_wait_for_ready_until_their_deadlin
 
     // A wait-for-ready call is served as soon as an instance is READY.
     let server = TestServer::start("late").await?;
-    let waiting = {
+    let mut waiting = {
         let mut client = client.clone();
         tokio::spawn(async move { call_with(&mut client, T * 3, Some(true)).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // It waits (neither served nor failed) while there is no instance…
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut waiting).await;
+    assert!(early.is_err(), "the call did not wait: {early:?}");
+    // …and is served by the instance that comes.
     send(&publisher, Update::Add(instance("late", server.addr()))).await?;
     assert_eq!(waiting.await??, "late");
     Ok(())

@@ -160,18 +160,31 @@ async fn killed_keepalive_member_does_not_lose_the_key() -> Result<()> {
     // Connecting may meet the election that follows the kill: retry it.
     let mut client = retry(PATIENCE, || etcd.client_of(observer)).await?;
     // For three TTLs, the key must be there at every look (retrying reads during an election).
-    let until = Instant::now() + TTL * 3;
+    let killed = Instant::now();
+    let until = killed + TTL * 3;
+    let (mut reads, mut last_read) = (0, None);
     while Instant::now() < until {
         match read(&mut client, &key).await {
-            Ok(found) => assert_eq!(
-                found,
-                Some(("127.0.0.1:9102".into(), lease)),
-                "the key was lost"
-            ),
+            Ok(found) => {
+                assert_eq!(
+                    found,
+                    Some(("127.0.0.1:9102".into(), lease)),
+                    "the key was lost"
+                );
+                reads += 1;
+                last_read = Some(killed.elapsed());
+            }
             Err(e) => println!("read failed during the election: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Seen, and seen later than one TTL after the kill: kept alive through another member.
+    println!("{reads} reads found the key; the last {last_read:?} after the kill");
+    assert!(reads >= 3, "only {reads} reads succeeded");
+    assert!(
+        last_read.is_some_and(|t| t > TTL * 2),
+        "no read found the key two TTLs after the kill (last {last_read:?})"
+    );
     let now = wait_registered(&registration, PATIENCE, |s| s.endpoint != status.endpoint).await?;
     assert_eq!(
         now.lease,

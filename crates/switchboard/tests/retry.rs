@@ -49,6 +49,13 @@ async fn unavailable_twice_then_served_on_the_third_attempt_on_any_instance() ->
     let reply = get(&mut users).await?;
     assert_eq!(reply.id, 7);
     assert_eq!(seen.calls(), 3);
+    // The attempts went round the instances, and the reply came from the third one's.
+    let instances = seen.instances();
+    assert!(
+        instances.contains(&"a") && instances.contains(&"b"),
+        "{instances:?}"
+    );
+    assert_eq!(reply.instance, instances[2]);
     assert_eq!(
         seen.previous_attempts(),
         [None, Some("1".into()), Some("2".into())]

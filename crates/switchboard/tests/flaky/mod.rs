@@ -25,6 +25,8 @@ pub(crate) struct Seen {
     pub calls: AtomicU64,
     /// Per attempt: `grpc-previous-rpc-attempts` and `grpc-timeout`.
     pub headers: Mutex<Vec<(Option<String>, Option<String>)>>,
+    /// Per attempt: the server that got it.
+    pub instances: Mutex<Vec<&'static str>>,
 }
 
 impl Seen {
@@ -38,6 +40,11 @@ impl Seen {
             .iter()
             .map(|(previous, _)| previous.clone())
             .collect()
+    }
+
+    /// Which server got each attempt, in order.
+    pub(crate) fn instances(&self) -> Vec<&'static str> {
+        self.instances.lock().expect("not poisoned").clone()
     }
 
     pub(crate) fn timeouts(&self) -> Vec<Option<String>> {
@@ -117,6 +124,11 @@ impl User for Flaky {
             .lock()
             .expect("not poisoned")
             .push((header("grpc-previous-rpc-attempts"), header("grpc-timeout")));
+        self.seen
+            .instances
+            .lock()
+            .expect("not poisoned")
+            .push(self.name);
         tokio::time::sleep(self.delay).await;
         if n <= self.fail_first || self.fail_every.is_some_and(|k| n % k == 0) {
             let mut status = Status::new(self.code, format!("{}: failing call {n}", self.name));
