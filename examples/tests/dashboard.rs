@@ -32,14 +32,16 @@ impl Gateway {
     /// Starts the gateway with `args` and waits until `/healthz` answers 200.
     async fn start(args: &[&str]) -> Result<Self> {
         let addr = format!("127.0.0.1:{}", free_port()?);
-        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(["--listen", &addr])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
+        let child = Command::from(switchboard_testkit::child_command(env!(
+            "CARGO_BIN_EXE_gateway"
+        )))
+        .args(["--listen", &addr])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
         let deadline = Instant::now() + PATIENCE;
         loop {
             match get(&addr, "/healthz").await {
@@ -149,7 +151,7 @@ struct Page {
 /// Loads `url` in headless Chromium, lets it poll for three seconds of its (virtual) time, and
 /// reads the rows out of the DOM it ends with.
 async fn load(browser: &Path, profile: &Path, url: &str) -> Result<Page> {
-    let run = Command::new(browser)
+    let run = Command::from(switchboard_testkit::child_command(browser))
         .args([
             "--headless",
             "--disable-gpu",

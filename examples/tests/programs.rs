@@ -15,19 +15,21 @@ async fn loadgen_reports_rate_latency_errors_and_cpu() -> Result<()> {
     let b = TestServer::start("b").await?;
     let endpoints = format!("{},{}", a.addr(), b.addr());
     let run = |method: &'static str| {
-        Command::new(env!("CARGO_BIN_EXE_loadgen"))
-            .args([
-                "--endpoints",
-                &endpoints,
-                "--concurrency",
-                "4",
-                "--duration",
-                "1s",
-            ])
-            .args(["--method", method])
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output()
+        Command::from(switchboard_testkit::child_command(env!(
+            "CARGO_BIN_EXE_loadgen"
+        )))
+        .args([
+            "--endpoints",
+            &endpoints,
+            "--concurrency",
+            "4",
+            "--duration",
+            "1s",
+        ])
+        .args(["--method", method])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
     };
     let out =
         tokio::time::timeout(Duration::from_secs(60), run("/user.User/GetUserInfo")).await??;
@@ -82,12 +84,14 @@ impl Gateway {
         let config = dir.path().join("user-rpc.yaml");
         std::fs::write(&config, yaml)?;
         let addr = format!("127.0.0.1:{}", free_port()?);
-        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(["--listen", &addr, "--user-rpc"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
+        let child = Command::from(switchboard_testkit::child_command(env!(
+            "CARGO_BIN_EXE_gateway"
+        )))
+        .args(["--listen", &addr, "--user-rpc"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match get(&addr, "/healthz").await {
@@ -185,11 +189,13 @@ async fn the_gateway_finishes_its_requests_and_exits_on_sigterm() -> Result<()> 
 
 /// Runs the demo with `--registry REGISTRY` and returns its output, checking it exits 0.
 async fn demo(registry: &str) -> Result<String> {
-    let run = Command::new(env!("CARGO_BIN_EXE_demo"))
-        .args(["--registry", registry])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
+    let run = Command::from(switchboard_testkit::child_command(env!(
+        "CARGO_BIN_EXE_demo"
+    )))
+    .args(["--registry", registry])
+    .stdin(Stdio::null())
+    .kill_on_drop(true)
+    .output();
     let output = tokio::time::timeout(Duration::from_secs(120), run).await??;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {

@@ -19,7 +19,7 @@ use switchboard_testkit::{Etcd, TestServer, free_port};
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn switchboard() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    let mut cmd = switchboard_testkit::child_command(env!("CARGO_BIN_EXE_switchboard"));
     cmd.env("RUST_LOG", "error").stdin(Stdio::null());
     cmd
 }
@@ -461,7 +461,9 @@ async fn serve(app: Router) -> Result<String> {
 
 /// `switchboard status --gateway URL [extra…]`, run off the test's runtime.
 async fn status(url: &str, extra: &[&str]) -> Result<(bool, String, String)> {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    let mut cmd = tokio::process::Command::from(switchboard_testkit::child_command(env!(
+        "CARGO_BIN_EXE_switchboard"
+    )));
     cmd.args(["status", "--gateway", url])
         .args(extra)
         .env("RUST_LOG", "error")

@@ -166,7 +166,7 @@ impl GoClient {
     /// and `--timeout D` (each call's deadline, 2 s by default).
     pub async fn start(etcd_hosts: &str, target: &str, args: &[&str]) -> Result<Self> {
         let bin = go_peer_bin().await?;
-        let mut child = Command::new(&bin)
+        let mut child = Command::from(crate::child_command(&bin))
             .args(["call", "--etcd", etcd_hosts, "--target", target])
             .args(args)
             .stdin(Stdio::null())

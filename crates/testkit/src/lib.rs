@@ -45,6 +45,7 @@
 //! # Ok(()) }
 //! ```
 
+mod child;
 mod etcd;
 mod go_peer;
 mod ports;
@@ -54,6 +55,7 @@ mod proxy;
 mod server;
 mod tls;
 
+pub use child::child_command;
 pub use etcd::{Etcd, etcdctl_bin};
 pub use go_peer::{
     Followed, GoCall, GoClient, go_client_follows_a_leave, go_conn, go_peak, go_peer_bin,

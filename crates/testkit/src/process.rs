@@ -60,7 +60,7 @@ impl ServerProcess {
     /// [`ServerProcess::spawn`] with more arguments after `--name` and `--port` (such as
     /// `--etcd HOSTS --key KEY`, with which it registers itself).
     pub async fn spawn_with(bin: &Path, name: &str, port: u16, args: &[&str]) -> Result<Self> {
-        let mut child = Command::new(bin)
+        let mut child = Command::from(crate::child_command(bin))
             .args(["--name", name, "--port", &port.to_string()])
             .args(args)
             .stdin(Stdio::null())

@@ -129,7 +129,7 @@ impl Registry {
         match self {
             Self::Etcd { hosts, .. } => Ok(Gateway::Process(Box::new(Proc {
                 name: "gateway".into(),
-                child: Command::new(sibling("gateway")?)
+                child: Command::from(switchboard_testkit::child_command(sibling("gateway")?))
                     .args(["--listen", addr, "--etcd", hosts, "--key", "user.rpc"])
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
@@ -221,7 +221,7 @@ fn sibling(name: &str) -> Result<PathBuf> {
 
 /// Starts `user-rpc` and waits until it says it is registered.
 async fn user_rpc(name: &str, etcd: &str) -> Result<Proc> {
-    let mut child = Command::new(sibling("user-rpc")?)
+    let mut child = Command::from(switchboard_testkit::child_command(sibling("user-rpc")?))
         .args([
             "--name",
             name,

@@ -25,15 +25,17 @@ pub(crate) struct UserRpc {
 
 impl UserRpc {
     pub(crate) async fn start(name: &str, etcd: &Etcd) -> Result<Self> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_user-rpc"))
-            .args(["--name", name, "--listen", "127.0.0.1:0", "--etcd"])
-            .arg(etcd.hosts())
-            .args(["--key", "user.rpc", "--grace", "500ms"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
+        let mut child = Command::from(switchboard_testkit::child_command(env!(
+            "CARGO_BIN_EXE_user-rpc"
+        )))
+        .args(["--name", name, "--listen", "127.0.0.1:0", "--etcd"])
+        .arg(etcd.hosts())
+        .args(["--key", "user.rpc", "--grace", "500ms"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
         let stdout = child.stdout.take().context("stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(Duration::from_secs(30), async {

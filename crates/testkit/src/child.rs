@@ -1,0 +1,37 @@
+//! Processes a test starts that end with it: each runs through util-linux's
+//! `setpriv --pdeathsig KILL` (the kernel sends it SIGKILL when the thread that started it
+//! exits, so a test process killed with SIGKILL leaves none of its children behind) and in a
+//! process group of its own (a signal to the test's group does not reach it twice).
+
+use std::ffi::OsStr;
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// `setpriv`, if installed (Debian's `util-linux`, on every Debian machine).
+fn setpriv() -> Option<&'static PathBuf> {
+    static SETPRIV: OnceLock<Option<PathBuf>> = OnceLock::new();
+    SETPRIV
+        .get_or_init(|| {
+            let path = PathBuf::from("/usr/bin/setpriv");
+            path.is_file().then_some(path)
+        })
+        .as_ref()
+}
+
+/// A command for `program` that dies with the test that spawns it (see the module's doc);
+/// `tokio::process::Command::from` makes it asynchronous. Spawn it from a thread that lives as
+/// long as the child should: a runtime's thread, or the test's own.
+pub fn child_command(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = match setpriv() {
+        Some(setpriv) => {
+            let mut cmd = Command::new(setpriv);
+            cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    };
+    cmd.process_group(0);
+    cmd
+}

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Checks that a test run killed with SIGKILL halfway leaves nothing behind: every process a test
+# starts (etcd members, server processes, the Go peer, user-rpc, gateway, demo, Chromium) dies
+# with the test that started it (testkit's child_command: setpriv --pdeathsig), and the etcd data
+# of a killed run is removed by the next test that starts etcd.
+#
+#   bash scripts/kill-check.sh [SECONDS]   # kill the run after SECONDS (default 45)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+after="${1:-45}"
+pattern='switchboard-etcd-|/test-server|switchboard-peer|/user-rpc|/gateway|/demo( |$)|chromium.*switchboard'
+
+leftovers() { pgrep -af -- "$pattern" | grep -v -e pgrep -e kill-check || true; }
+if [ -n "$(leftovers)" ]; then
+  echo "kill-check: processes of another run are about; stop them first:" >&2
+  leftovers >&2
+  exit 2
+fi
+
+echo "kill-check: building the tests"
+cargo nextest run --workspace --profile ci --no-run >/dev/null 2>&1
+mkdir -p target
+echo "kill-check: running the suite, to be killed with SIGKILL after ${after} s"
+setsid cargo nextest run --workspace --profile ci >target/kill-check.log 2>&1 &
+leader=$!
+sleep "$after"
+# Kill it while its tests have processes of their own (an etcd member at least), or the check
+# proves nothing.
+for _ in $(seq 1 600); do
+  running=$(pgrep -c -f -- "$pattern" || true)
+  [ "$running" -gt 0 ] && pgrep -f -- 'switchboard-etcd-' >/dev/null && break
+  sleep 0.1
+done
+[ "$running" -gt 0 ] || { echo "kill-check: the run started no process to leave behind" >&2; exit 1; }
+# nextest (cargo execs it: the leader) and every test process are killed; what the tests
+# started is not signalled: it must die with them.
+tests=$(pgrep -P "$leader" | tr '\n' ' ' || true)
+echo "kill-check: $running processes started by $(echo "$tests" | wc -w) test processes; SIGKILL to nextest and the tests"
+# shellcheck disable=SC2086
+kill -KILL "$leader" $tests 2>/dev/null || true
+wait "$leader" 2>/dev/null || true
+# Parent-death signals are delivered as each test process is reaped; give the kernel a moment.
+for _ in $(seq 1 50); do
+  [ -z "$(leftovers)" ] && break
+  sleep 0.1
+done
+left=$(leftovers)
+if [ -n "$left" ]; then
+  echo "kill-check: FAILED: processes left behind:" >&2
+  echo "$left" >&2
+  exit 1
+fi
+echo "kill-check: no process left behind"
+
+# The next test that starts etcd removes the data of the killed run.
+tmp="${TMPDIR:-/tmp}"
+stale=$(find "$tmp" -maxdepth 1 -name 'switchboard-etcd-*' | wc -l)
+cargo nextest run -p switchboard-tests --profile ci --test resolver_watch put_delete_stream_single_member >/dev/null 2>&1
+left=$(find "$tmp" -maxdepth 1 -name 'switchboard-etcd-*')
+if [ -n "$left" ]; then
+  echo "kill-check: FAILED: etcd data left behind:" >&2
+  echo "$left" >&2
+  exit 1
+fi
+echo "kill-check: $stale etcd data directories of the killed run, removed by the next run; none left"
+echo "kill-check: passed"
