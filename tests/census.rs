@@ -167,3 +167,59 @@ pub async fn wait_count(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Bytes live on the heap now, if this test binary counts them: it installs stats_alloc's
+/// counting allocator with
+/// `#[global_allocator] static HEAP: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;`.
+/// Finer than the resident set, which grows in allocator arenas of several MiB.
+pub fn heap_bytes() -> Option<i64> {
+    let stats = stats_alloc::INSTRUMENTED_SYSTEM.stats();
+    let signed = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    // A reallocation's growth counts as allocated, its shrinking as deallocated.
+    (stats.allocations > 0).then(|| signed(stats.bytes_allocated) - signed(stats.bytes_deallocated))
+}
+
+/// The growth per cycle of a quantity sampled at several cycles: the slope of the least-squares
+/// line through `(cycle, value)`. A leak of N bytes per cycle fits a slope of about N however
+/// the samples scatter around it; noise that does not grow with the cycles fits about 0.
+pub fn growth_per_cycle(samples: &[(u32, i64)]) -> f64 {
+    let n = samples.len() as f64;
+    if samples.len() < 2 {
+        return 0.0;
+    }
+    let mean_x = samples.iter().map(|&(x, _)| f64::from(x)).sum::<f64>() / n;
+    let mean_y = samples.iter().map(|&(_, y)| y as f64).sum::<f64>() / n;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for &(x, y) in samples {
+        let dx = f64::from(x) - mean_x;
+        sxy += dx * (y as f64 - mean_y);
+        sxx += dx * dx;
+    }
+    if sxx == 0.0 { 0.0 } else { sxy / sxx }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::growth_per_cycle;
+
+    /// Samples every 25 cycles from 100 to 1 000 around 2 MiB: `leak` bytes per cycle, plus
+    /// up to ±64 KiB of scatter that does not grow (buffers and calls in flight).
+    fn samples(leak: i64) -> Vec<(u32, i64)> {
+        let mut rng = crate::Lcg(7);
+        (100..=1_000)
+            .step_by(25)
+            .map(|cycle| {
+                let noise = rng.below(128 * 1024) as i64 - 64 * 1024;
+                (cycle, (2 << 20) + leak * i64::from(cycle) + noise)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_kib_per_cycle_stands_out_of_the_scatter() {
+        let flat = growth_per_cycle(&samples(0));
+        let leaking = growth_per_cycle(&samples(1024));
+        assert!(flat.abs() < 256.0, "{flat}");
+        assert!((leaking - 1024.0).abs() < 256.0, "{leaking}");
+    }
+}

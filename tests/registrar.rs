@@ -9,7 +9,7 @@ use switchboard_resolver::{
     EtcdConfig, EtcdResolver, Format, Registrar, RegistrarState, RegistrarStatus, Registration,
     Resolve,
 };
-use switchboard_testkit::{Etcd, free_port};
+use switchboard_testkit::{ClosedPort, Etcd};
 use switchboard_tests::{Follower, PATIENCE, init_tracing, retry};
 
 const TTL: Duration = Duration::from_secs(3);
@@ -288,7 +288,8 @@ async fn lazy_registration_waits_for_etcd() -> Result<()> {
 #[tokio::test]
 async fn register_fails_clearly_when_etcd_is_unreachable() -> Result<()> {
     init_tracing();
-    let config = EtcdConfig::new([format!("127.0.0.1:{}", free_port()?)])?;
+    let closed = ClosedPort::new()?;
+    let config = EtcdConfig::new([closed.addr().to_string()])?;
     let started = Instant::now();
     let err = Registrar::new(config, "nowhere", "127.0.0.1:9400")?
         .register_timeout(Duration::from_secs(2))

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 pub mod balancing;
 pub mod census;
+pub mod fleet;
 pub mod load;
 
 use anyhow::{Result, anyhow, bail};

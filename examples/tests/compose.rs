@@ -1,6 +1,7 @@
-//! The docker-compose cluster, checked without a Docker engine: the file parses, every build
-//! context has its Dockerfile, the image builds the programs the services run, every command
-//! line parses as that program's flags, and the README's curl commands reach the published port.
+//! The docker-compose files, read, not run: these tests build no image and start no container.
+//! They check that the compose file parses, every build context has its Dockerfile, the
+//! Dockerfile's text names the programs the services run, every command line parses as that
+//! program's flags, and the README's curl commands use the published port.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -33,7 +34,7 @@ fn strings(value: &Value) -> Result<Vec<String>> {
 }
 
 #[test]
-fn every_service_builds_from_this_repository_and_runs_a_program_with_valid_flags() -> Result<()> {
+fn every_service_names_a_build_context_here_and_a_program_with_valid_flags() -> Result<()> {
     let compose = compose()?;
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile"))?;
     let services = compose
@@ -109,7 +110,7 @@ fn every_service_builds_from_this_repository_and_runs_a_program_with_valid_flags
         assert!(
             dockerfile.contains(&format!("--bin {program}"))
                 && dockerfile.contains(&format!("/src/target/release/{program}")),
-            "the Dockerfile does not build and install {program}"
+            "the Dockerfile does not name {program} in its build and install steps"
         );
         programs.insert(program);
     }

@@ -5,8 +5,8 @@ mod support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
-use switchboard_testkit::{TestServer, free_port};
+use anyhow::{Context as _, Result, bail};
+use switchboard_testkit::TestServer;
 use tokio::process::Command;
 
 #[tokio::test]
@@ -70,7 +70,7 @@ async fn get(addr: &str, path: &str) -> Result<(u16, serde_json::Value)> {
     Ok((answer.status, serde_json::from_str(&answer.body)?))
 }
 
-/// A `gateway` process on a free port, with a client config file, healthy.
+/// A `gateway` process with a client config file, healthy.
 struct Gateway {
     child: tokio::process::Child,
     addr: String,
@@ -83,23 +83,9 @@ impl Gateway {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("user-rpc.yaml");
         std::fs::write(&config, yaml)?;
-        let addr = format!("127.0.0.1:{}", free_port()?);
-        let child = Command::from(switchboard_testkit::child_command(env!(
-            "CARGO_BIN_EXE_gateway"
-        )))
-        .args(["--listen", &addr, "--user-rpc"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match get(&addr, "/healthz").await {
-                Ok((200, _)) => break,
-                _ if Instant::now() > deadline => bail!("the gateway is not healthy after 30 s"),
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        let config = config.to_str().context("a UTF-8 path")?;
+        let support::Gateway { child, addr } =
+            support::Gateway::start(&["--user-rpc", config]).await?;
         Ok(Self {
             child,
             addr,
@@ -194,9 +180,15 @@ async fn demo(registry: &str) -> Result<String> {
     )))
     .args(["--registry", registry])
     .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
     .kill_on_drop(true)
-    .output();
-    let output = tokio::time::timeout(Duration::from_secs(120), run).await??;
+    .spawn()?;
+    // On a timeout or a failure, the demo's etcd, instances and gateway end with it.
+    let _group = switchboard_testkit::GroupGuard::new(run.id());
+    let output = tokio::time::timeout(Duration::from_secs(120), run.wait_with_output())
+        .await
+        .context("the demo did not finish within 120 s")??;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {
         bail!(

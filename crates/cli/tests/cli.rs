@@ -14,7 +14,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use switchboard_testkit::proto::user::RegisterRequest;
 use switchboard_testkit::proto::user::user_client::UserClient;
-use switchboard_testkit::{Etcd, TestServer, free_port};
+use switchboard_testkit::{ClosedPort, Etcd, TestServer};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -211,7 +211,8 @@ async fn resolve_watch_prints_each_update() -> Result<()> {
 
 #[test]
 fn unreachable_etcd_fails_within_the_timeout() -> Result<()> {
-    let port = free_port()?;
+    let closed = ClosedPort::new()?;
+    let port = closed.port();
     let started = Instant::now();
     let out = switchboard()
         .args([
@@ -416,7 +417,8 @@ async fn a_grpc_go_client_over_etcd_naming_follows_what_register_holds() -> Resu
 
 #[test]
 fn register_fails_clearly_on_bad_input_and_unreachable_etcd() -> Result<()> {
-    let port = free_port()?;
+    let closed = ClosedPort::new()?;
+    let port = closed.port();
     let etcd = format!("127.0.0.1:{port}");
     let run = |args: &[&str]| -> Result<(bool, String)> {
         let out = switchboard()
@@ -453,7 +455,7 @@ fn register_fails_clearly_on_bad_input_and_unreachable_etcd() -> Result<()> {
 
 /// An HTTP server on 127.0.0.1 with `app`'s routes; stops when the test's runtime does.
 async fn serve(app: Router) -> Result<String> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", free_port()?)).await?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(format!("http://{addr}"))
@@ -640,7 +642,8 @@ async fn status_shows_health_and_ejection_and_fails_on_garbage() -> Result<()> {
     );
     let (ok, _, stderr) = status(&format!("{url}/nothing"), &[]).await?;
     assert!(!ok && stderr.contains("404 Not Found"), "{stderr}");
-    let port = free_port()?;
+    let closed = ClosedPort::new()?;
+    let port = closed.port();
     let (ok, _, stderr) = status(&format!("127.0.0.1:{port}"), &[]).await?;
     assert!(
         !ok && stderr.contains(&format!(

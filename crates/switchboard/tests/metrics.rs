@@ -1,6 +1,9 @@
 //! The metrics a client emits through the `metrics` facade, rendered by the Prometheus
 //! exporter, against real tonic servers on 127.0.0.1: the text parses, and the counters
 //! match the calls made.
+//!
+//! The recorder is process-wide: this binary holds this one test, so that no other test records
+//! into it or sees it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -12,7 +12,7 @@ use flaky::{Flaky, Seen};
 use switchboard::{Client, ClientConfig};
 use switchboard_testkit::proto::user::user_client::UserClient;
 use switchboard_testkit::proto::user::{GetUserInfoRequest, LoginReply, LoginRequest, UserInfo};
-use switchboard_testkit::{TestServer, free_port};
+use switchboard_testkit::{ClosedPort, TestServer};
 use tonic::{Code, Request, Response, Status};
 
 async fn client(addr: SocketAddr, settings: &str) -> Result<UserClient<switchboard::Channel>> {
@@ -141,7 +141,8 @@ ServiceConfig: |
 #[tokio::test]
 async fn wait_for_ready_from_the_method_config_waits_out_the_deadline() -> Result<()> {
     // Nothing listens there: the instance fails to connect.
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let closed = ClosedPort::new()?;
+    let addr = closed.addr();
     let mut users = client(
         addr,
         r#"NonBlock: true

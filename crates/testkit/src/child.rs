@@ -35,3 +35,28 @@ pub fn child_command(program: impl AsRef<OsStr>) -> Command {
     cmd.process_group(0);
     cmd
 }
+
+/// Ends the process group of a child started with [`child_command`] when dropped: SIGKILL to
+/// the group, so that what the child started in it (Chromium's helpers, a program's own
+/// children) ends too, whether the test passed, failed or timed out.
+#[derive(Debug)]
+pub struct GroupGuard(Option<u32>);
+
+impl GroupGuard {
+    /// Guards the group led by `pid` (a child's `id()`; `None` if it already exited).
+    pub fn new(pid: Option<u32>) -> Self {
+        Self(pid)
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|pid| i32::try_from(pid).ok()) {
+            // ESRCH: the whole group is gone already.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}

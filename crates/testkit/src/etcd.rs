@@ -233,8 +233,23 @@ impl Etcd {
                     self.log_tail(i)
                 );
             }
-            if probe(&endpoint, &self.client_options).await.is_ok() {
-                return Ok(());
+            if let Ok(mut client) = probe(&endpoint, &self.client_options).await {
+                // The port was free when picked, not held: whoever answers there must be this
+                // member, not a neighbour's etcd that took the port first.
+                let peer_url = self.members[i].peer_url();
+                if let Ok(members) = client.member_list().await {
+                    if members
+                        .members()
+                        .iter()
+                        .any(|m| m.peer_urls().contains(&peer_url))
+                    {
+                        return Ok(());
+                    }
+                    bail!(
+                        "another etcd answers on {endpoint}, where member {} should listen",
+                        self.members[i].name
+                    );
+                }
             }
             if Instant::now() > deadline {
                 bail!(

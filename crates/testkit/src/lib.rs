@@ -55,12 +55,12 @@ mod proxy;
 mod server;
 mod tls;
 
-pub use child::child_command;
+pub use child::{GroupGuard, child_command};
 pub use etcd::{Etcd, etcdctl_bin};
 pub use go_peer::{
     Followed, GoCall, GoClient, go_client_follows_a_leave, go_conn, go_peak, go_peer_bin,
 };
-pub use ports::free_port;
+pub use ports::{ClosedPort, free_port};
 pub use process::ServerProcess;
 pub use proxy::FaultProxy;
 pub use server::{BlackHoleServer, Http1Server, TestServer, user_service};

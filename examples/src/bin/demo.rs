@@ -34,7 +34,7 @@ use switchboard::resolver::{Instance as Registration, MemoryRegistry, Resolve};
 use switchboard::{Client, ClientConfig, Server, Serving};
 use switchboard_examples::service::UserService;
 use switchboard_examples::user::user_server::UserServer;
-use switchboard_testkit::{Etcd, free_port};
+use switchboard_testkit::Etcd;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -124,32 +124,38 @@ impl Registry {
         }
     }
 
-    /// Starts the gateway on `addr`: the `gateway` program, or its routes in this process.
-    fn gateway(&self, addr: &str) -> Result<Gateway> {
+    /// Starts the gateway on a port of its choosing, the `gateway` program or its routes in
+    /// this process; returns it and the address it listens on.
+    async fn gateway(&self) -> Result<(Gateway, String)> {
         match self {
-            Self::Etcd { hosts, .. } => Ok(Gateway::Process(Box::new(Proc {
-                name: "gateway".into(),
-                child: Command::from(switchboard_testkit::child_command(sibling("gateway")?))
-                    .args(["--listen", addr, "--etcd", hosts, "--key", "user.rpc"])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .env("RUST_LOG", "warn")
-                    .kill_on_drop(true)
-                    .spawn()
-                    .context("starting the gateway")?,
-            }))),
+            Self::Etcd { hosts, .. } => {
+                let mut cmd =
+                    Command::from(switchboard_testkit::child_command(sibling("gateway")?));
+                cmd.args([
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--etcd",
+                    hosts,
+                    "--key",
+                    "user.rpc",
+                ]);
+                let prefix = "gateway listening on ";
+                let (child, line) = spawn_until(cmd, "the gateway", prefix).await?;
+                let addr = line[prefix.len()..].trim().to_owned();
+                let name = "gateway".into();
+                Ok((Gateway::Process(Box::new(Proc { name, child })), addr))
+            }
             Self::Memory(registry) => {
                 let resolution = registry.resolver("user.rpc").resolve();
                 let client =
                     Client::with_resolution("user.rpc", ClientConfig::default(), resolution)?;
                 let app = switchboard_examples::gateway::router(client);
-                let listener = std::net::TcpListener::bind(addr)?;
-                listener.set_nonblocking(true)?;
-                let listener = tokio::net::TcpListener::from_std(listener)?;
-                Ok(Gateway::InProcess(tokio::spawn(async move {
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+                let addr = listener.local_addr()?.to_string();
+                let serve = tokio::spawn(async move {
                     let _ = axum::serve(listener, app).await;
-                })))
+                });
+                Ok((Gateway::InProcess(serve), addr))
             }
         }
     }
@@ -221,43 +227,42 @@ fn sibling(name: &str) -> Result<PathBuf> {
 
 /// Starts `user-rpc` and waits until it says it is registered.
 async fn user_rpc(name: &str, etcd: &str) -> Result<Proc> {
-    let mut child = Command::from(switchboard_testkit::child_command(sibling("user-rpc")?))
-        .args([
-            "--name",
-            name,
-            "--listen",
-            "127.0.0.1:0",
-            "--etcd",
-            etcd,
-            "--key",
-            "user.rpc",
-        ])
-        .args(["--grace", "1s"])
+    let mut cmd = Command::from(switchboard_testkit::child_command(sibling("user-rpc")?));
+    cmd.args(["--name", name, "--listen", "127.0.0.1:0", "--etcd", etcd])
+        .args(["--key", "user.rpc", "--grace", "1s"]);
+    let (child, ready) = spawn_until(cmd, name, "registered").await?;
+    println!("  {name}: {ready}");
+    Ok(Proc {
+        name: name.to_owned(),
+        child,
+    })
+}
+
+/// Spawns `cmd` (quiet logs, killed when dropped) and waits, at most 30 s, for the line of its
+/// stdout that starts with `prefix`, which it returns. Its stdout is drained after that.
+async fn spawn_until(mut cmd: Command, name: &str, prefix: &str) -> Result<(Child, String)> {
+    let mut child = cmd
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .context("starting user-rpc")?;
-    let stdout = child.stdout.take().context("user-rpc stdout")?;
+        .with_context(|| format!("starting {name}"))?;
+    let stdout = child.stdout.take().context("a stdout pipe")?;
     let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+    let line = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await? {
-            if line.starts_with("registered") {
+            if line.starts_with(prefix) {
                 return Ok::<_, anyhow::Error>(line);
             }
         }
-        bail!("user-rpc {name} exited before registering")
+        bail!("{name} exited before it printed {prefix:?}")
     })
     .await
-    .with_context(|| format!("user-rpc {name} did not register within 30 s"))??;
+    .with_context(|| format!("{name} did not print {prefix:?} within 30 s"))??;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    println!("  {name}: {ready}");
-    Ok(Proc {
-        name: name.to_owned(),
-        child,
-    })
+    Ok((child, line))
 }
 
 /// One HTTP/1.1 keep-alive client of the gateway, counting answers per instance.
@@ -329,8 +334,7 @@ async fn main() -> Result<()> {
     }
 
     println!("2. the gateway, balancing user.rpc with switchboard");
-    let gateway_addr = format!("127.0.0.1:{}", free_port()?);
-    let _gateway = registry.gateway(&gateway_addr)?;
+    let (_gateway, gateway_addr) = registry.gateway().await?;
     wait_http(&gateway_addr).await?;
     println!("   dashboard: http://{gateway_addr}/debug/switchboard/ui");
 

@@ -78,7 +78,10 @@ async fn main() -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "gateway listening");
+    // On stdout, for whoever started it on port 0.
+    println!("gateway listening on {local}");
     let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     let serve = axum::serve(listener, app)
         .with_graceful_shutdown(async move {

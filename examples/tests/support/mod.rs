@@ -25,35 +25,13 @@ pub(crate) struct UserRpc {
 
 impl UserRpc {
     pub(crate) async fn start(name: &str, etcd: &Etcd) -> Result<Self> {
-        let mut child = Command::from(switchboard_testkit::child_command(env!(
+        let mut cmd = Command::from(switchboard_testkit::child_command(env!(
             "CARGO_BIN_EXE_user-rpc"
-        )))
-        .args(["--name", name, "--listen", "127.0.0.1:0", "--etcd"])
-        .arg(etcd.hosts())
-        .args(["--key", "user.rpc", "--grace", "500ms"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await? {
-                if line.starts_with("registered ") {
-                    return Ok(line);
-                }
-            }
-            bail!("{name} exited before registering")
-        })
-        .await
-        .with_context(|| format!("{name} did not register within 30 s"))??;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let addr = line
-            .split_whitespace()
-            .nth(1)
-            .context("registered ADDR")?
-            .to_owned();
+        )));
+        cmd.args(["--name", name, "--listen", "127.0.0.1:0", "--etcd"])
+            .arg(etcd.hosts())
+            .args(["--key", "user.rpc", "--grace", "500ms"]);
+        let (child, addr) = spawn_until_line(cmd, name, "registered ").await?;
         Ok(Self { child, addr })
     }
 
@@ -61,6 +39,67 @@ impl UserRpc {
         let pid = self.child.id().context("exited")?;
         kill(Pid::from_raw(i32::try_from(pid)?), signal)?;
         Ok(())
+    }
+}
+
+/// Spawns `cmd` (quiet logs, stdout piped, killed when dropped) and waits, at most 30 s, for
+/// the line of its stdout that starts with `prefix`; returns the child and the word after the
+/// prefix (an address it bound, as it says). Its stdout is drained after that.
+async fn spawn_until_line(mut cmd: Command, name: &str, prefix: &str) -> Result<(Child, String)> {
+    let mut child = cmd
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Ok(rest.to_owned());
+            }
+        }
+        bail!("{name} exited before it printed {prefix:?}")
+    })
+    .await
+    .with_context(|| format!("{name} did not print {prefix:?} within 30 s"))??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let word = line
+        .split_whitespace()
+        .next()
+        .with_context(|| format!("{prefix}WORD, not {line:?}"))?
+        .to_owned();
+    Ok((child, word))
+}
+
+/// The `gateway` program on a port of its choosing, healthy, killed when dropped.
+pub(crate) struct Gateway {
+    pub(crate) child: Child,
+    /// `127.0.0.1:PORT`, where it listens.
+    pub(crate) addr: String,
+}
+
+impl Gateway {
+    /// Starts `gateway --listen 127.0.0.1:0 ARGS…`, reads the address it bound from its output
+    /// and waits, at most 30 s, until `/healthz` answers 200.
+    pub(crate) async fn start(args: &[&str]) -> Result<Self> {
+        let mut cmd = Command::from(switchboard_testkit::child_command(env!(
+            "CARGO_BIN_EXE_gateway"
+        )));
+        cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+        let (child, addr) = spawn_until_line(cmd, "gateway", "gateway listening on ").await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match get(&addr, "/healthz").await {
+                Ok(answer) if answer.status == 200 => break,
+                _ if std::time::Instant::now() > deadline => {
+                    bail!("the gateway is not healthy after 30 s")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        Ok(Self { child, addr })
     }
 }
 

@@ -107,8 +107,9 @@ fn invalid_configs_name_the_field_and_the_problem() {
 
 #[test]
 fn files_are_read_by_extension() {
-    let dir = std::env::temp_dir().join(format!("switchboard-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    // Removed when dropped, whether the test passes or fails.
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let dir = tmp.path();
     let yaml = dir.join("c.yaml");
     std::fs::write(&yaml, "Endpoints: [127.0.0.1:1]").expect("write");
     assert_eq!(
@@ -125,5 +126,4 @@ fn files_are_read_by_extension() {
     );
     let missing = ClientConfig::from_file(dir.join("missing.yaml")).expect_err("missing");
     assert!(missing.to_string().contains("cannot read"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
