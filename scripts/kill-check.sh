@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checks that a test run killed with SIGKILL halfway leaves nothing behind: every process a test
 # starts (etcd members, server processes, the Go peer, user-rpc, gateway, demo, Chromium) dies
-# with the test that started it (testkit's child_command: setpriv --pdeathsig), and the etcd data
-# of a killed run is removed by the next test that starts etcd.
+# with the test that started it (testkit's child_command: setpriv --pdeathsig), and the
+# temporary directories of a killed run (etcd data, certificates, configs, browser profiles) are
+# removed by the next test that makes one (testkit's temp_dir).
 #
 #   bash scripts/kill-check.sh [SECONDS]   # kill the run after SECONDS (default 45)
 set -euo pipefail
@@ -52,15 +53,23 @@ if [ -n "$left" ]; then
 fi
 echo "kill-check: no process left behind"
 
-# The next test that starts etcd removes the data of the killed run.
+# Every temporary directory of the suite is named switchboard-WHAT-PID-… after the test process
+# that made it; the next test that makes one removes those whose process is gone.
 tmp="${TMPDIR:-/tmp}"
-stale=$(find "$tmp" -maxdepth 1 -name 'switchboard-etcd-*' | wc -l)
+dead_dirs() {
+  find "$tmp" -maxdepth 1 -type d -name 'switchboard-*-*-*' | while read -r dir; do
+    pid=$(basename "$dir" | cut -d- -f3)
+    case "$pid" in '' | *[!0-9]*) continue ;; esac
+    [ -d "/proc/$pid" ] || echo "$dir"
+  done
+}
+stale=$(dead_dirs | wc -l)
 cargo nextest run -p switchboard-tests --profile ci --test resolver_watch put_delete_stream_single_member >/dev/null 2>&1
-left=$(find "$tmp" -maxdepth 1 -name 'switchboard-etcd-*')
+left=$(dead_dirs)
 if [ -n "$left" ]; then
-  echo "kill-check: FAILED: etcd data left behind:" >&2
+  echo "kill-check: FAILED: temporary directories left behind:" >&2
   echo "$left" >&2
   exit 1
 fi
-echo "kill-check: $stale etcd data directories of the killed run, removed by the next run; none left"
+echo "kill-check: $stale temporary directories of the killed run, removed by the next run; none left"
 echo "kill-check: passed"

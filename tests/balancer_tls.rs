@@ -51,7 +51,7 @@ async fn check(balancer: &Balancer) -> Result<(), tonic::Status> {
 #[tokio::test]
 async fn mutual_tls_with_a_custom_ca() -> Result<()> {
     init_tracing();
-    let dir = tempfile::tempdir()?;
+    let dir = switchboard_testkit::temp_dir("tls")?;
     let files = TlsFiles::generate(dir.path())?;
     let (addr, _stop) = mtls_server(&files).await?;
     let ca = std::fs::read(&files.ca)?;

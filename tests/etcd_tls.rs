@@ -11,7 +11,7 @@ use switchboard_tests::{Follower, PATIENCE, init_tracing};
 #[tokio::test]
 async fn mutual_tls() -> Result<()> {
     init_tracing();
-    let dir = tempfile::tempdir()?;
+    let dir = switchboard_testkit::temp_dir("tls")?;
     let files = TlsFiles::generate(dir.path())?;
     let etcd = Etcd::start_tls(files.clone()).await?;
     let mut writer = etcd.client().await?;

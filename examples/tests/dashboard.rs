@@ -37,7 +37,7 @@ async fn traffic(gateway: &Gateway, n: i64) -> Result<()> {
 async fn the_gateway_serves_prometheus_metrics_and_the_dashboard_page() -> Result<()> {
     let a = TestServer::start("a").await?;
     let b = TestServer::start("b").await?;
-    let dir = tempfile::tempdir()?;
+    let dir = switchboard_testkit::temp_dir("gateway")?;
     let config = dir.path().join("user-rpc.yaml");
     std::fs::write(
         &config,
@@ -204,7 +204,7 @@ async fn the_dashboard_shows_each_instance_and_a_stopped_one_changes() -> Result
     }
     let gateway = Gateway::start(&["--etcd", &etcd.hosts(), "--key", "user.rpc"]).await?;
     traffic(&gateway, 30).await?;
-    let profile = tempfile::tempdir()?;
+    let profile = switchboard_testkit::temp_dir("chromium")?;
     let url = format!("http://{}/debug/switchboard/ui", gateway.addr);
 
     let expected: BTreeMap<String, String> = instances

@@ -80,7 +80,7 @@ struct Gateway {
 impl Gateway {
     /// Starts `gateway --user-rpc FILE` with `yaml` in FILE and waits until `/healthz` is 200.
     async fn start(yaml: &str) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
+        let dir = switchboard_testkit::temp_dir("gateway")?;
         let config = dir.path().join("user-rpc.yaml");
         std::fs::write(&config, yaml)?;
         let config = config.to_str().context("a UTF-8 path")?;

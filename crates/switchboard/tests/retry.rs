@@ -205,7 +205,8 @@ async fn retries_never_outlive_the_deadline() -> Result<()> {
     let status = get(&mut users).await.expect_err("always unavailable");
     let elapsed = started.elapsed();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+    // The deadline (250 ms) ends the retries, with room for a busy machine.
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
     assert!((2..=3).contains(&seen.calls()), "{}", seen.calls());
 
     // A pushback past the deadline is not waited out: the RPC fails at once with its status.
@@ -216,12 +217,13 @@ async fn retries_never_outlive_the_deadline() -> Result<()> {
     }
     .serve()
     .await?;
-    let mut users = client(&[addr], "Timeout: 2s\n").await?;
+    let mut users = client(&[addr], "Timeout: 5s\n").await?;
     let started = Instant::now();
     let status = get(&mut users).await.expect_err("always unavailable");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // Neither the pushback (10 s) nor the deadline (5 s) waited out.
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(4),
         "{:?}",
         started.elapsed()
     );

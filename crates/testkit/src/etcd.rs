@@ -117,11 +117,8 @@ impl Etcd {
 
     async fn try_start(n: usize, tls: Option<TlsFiles>) -> Result<Self> {
         let bin = etcd_bin()?;
-        sweep_stale_dirs();
         // Named after this process, so that a later run can tell a dead run's directory.
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
-            .tempdir()?;
+        let dir = crate::temp_dir("etcd")?;
         let mut members = Vec::new();
         for i in 0..n {
             members.push(Member {
@@ -492,38 +489,6 @@ impl Drop for Etcd {
                 // SIGKILL ends a stopped process too.
                 let _ = child.kill();
                 let _ = child.wait();
-            }
-        }
-    }
-}
-
-/// The start of the name of every member's data directory, followed by the test process's id.
-const DIR_PREFIX: &str = "switchboard-etcd-";
-
-/// Removes the data directories of test processes that are gone (killed before they could
-/// remove their own): their etcd members died with them (see [`crate::child_command`]).
-fn sweep_stale_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(DIR_PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            match std::fs::remove_dir_all(entry.path()) {
-                Ok(()) => {
-                    info!(dir = %entry.path().display(), pid, "removed the etcd data of a test process that is gone")
-                }
-                Err(e) => {
-                    debug!(dir = %entry.path().display(), error = %e, "cannot remove stale etcd data")
-                }
             }
         }
     }

@@ -54,6 +54,7 @@ pub mod proto;
 mod proxy;
 mod server;
 mod tls;
+mod tmp;
 
 pub use child::{GroupGuard, child_command};
 pub use etcd::{Etcd, etcdctl_bin};
@@ -65,3 +66,4 @@ pub use process::ServerProcess;
 pub use proxy::FaultProxy;
 pub use server::{BlackHoleServer, Http1Server, TestServer, user_service};
 pub use tls::TlsFiles;
+pub use tmp::temp_dir;

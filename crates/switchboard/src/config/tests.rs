@@ -108,7 +108,7 @@ fn invalid_configs_name_the_field_and_the_problem() {
 #[test]
 fn files_are_read_by_extension() {
     // Removed when dropped, whether the test passes or fails.
-    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let tmp = switchboard_testkit::temp_dir("config").expect("a temporary directory");
     let dir = tmp.path();
     let yaml = dir.join("c.yaml");
     std::fs::write(&yaml, "Endpoints: [127.0.0.1:1]").expect("write");
