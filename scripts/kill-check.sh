@@ -25,14 +25,25 @@ echo "kill-check: running the suite, to be killed with SIGKILL after ${after} s"
 setsid cargo nextest run --workspace --profile ci >target/kill-check.log 2>&1 &
 leader=$!
 sleep "$after"
-# Kill it while its tests have processes of their own (an etcd member at least), or the check
-# proves nothing.
-for _ in $(seq 1 600); do
+# Kill it while a test has processes and a temporary directory of its own (an etcd member and
+# its data at least), or the check proves nothing.
+tmp="${TMPDIR:-/tmp}"
+owned_by_tests() {
+  local tests
+  tests=" $(pgrep -P "$leader" | tr '\n' ' ') "
+  find "$tmp" -maxdepth 1 -type d -name 'switchboard-*-*-*' | while read -r dir; do
+    pid=$(basename "$dir" | cut -d- -f3)
+    case "$tests" in *" $pid "*) echo "$dir" ;; esac
+  done
+}
+running=0
+for _ in $(seq 1 1200); do
   running=$(pgrep -c -f -- "$pattern" || true)
-  [ "$running" -gt 0 ] && pgrep -f -- 'switchboard-etcd-' >/dev/null && break
-  sleep 0.1
+  [ "$running" -gt 0 ] && pgrep -f -- 'switchboard-etcd-' >/dev/null && [ -n "$(owned_by_tests)" ] && break
+  sleep 0.05
 done
-[ "$running" -gt 0 ] || { echo "kill-check: the run started no process to leave behind" >&2; exit 1; }
+[ "$running" -gt 0 ] && [ -n "$(owned_by_tests)" ] \
+  || { echo "kill-check: the run started no process and no directory to leave behind" >&2; exit 1; }
 # nextest (cargo execs it: the leader) and every test process are killed; what the tests
 # started is not signalled: it must die with them.
 tests=$(pgrep -P "$leader" | tr '\n' ' ' || true)
@@ -40,6 +51,13 @@ echo "kill-check: $running processes started by $(echo "$tests" | wc -w) test pr
 # shellcheck disable=SC2086
 kill -KILL "$leader" $tests 2>/dev/null || true
 wait "$leader" 2>/dev/null || true
+# The killed test processes are gone once reaped; until then their directories look alive.
+for _ in $(seq 1 100); do
+  alive=0
+  for pid in $tests; do [ -d "/proc/$pid" ] && alive=1; done
+  [ "$alive" -eq 0 ] && break
+  sleep 0.1
+done
 # Parent-death signals are delivered as each test process is reaped; give the kernel a moment.
 for _ in $(seq 1 50); do
   [ -z "$(leftovers)" ] && break
@@ -55,7 +73,6 @@ echo "kill-check: no process left behind"
 
 # Every temporary directory of the suite is named switchboard-WHAT-PID-… after the test process
 # that made it; the next test that makes one removes those whose process is gone.
-tmp="${TMPDIR:-/tmp}"
 dead_dirs() {
   find "$tmp" -maxdepth 1 -type d -name 'switchboard-*-*-*' | while read -r dir; do
     pid=$(basename "$dir" | cut -d- -f3)
@@ -64,6 +81,7 @@ dead_dirs() {
   done
 }
 stale=$(dead_dirs | wc -l)
+[ "$stale" -gt 0 ] || { echo "kill-check: the killed tests left no directory to sweep" >&2; exit 1; }
 cargo nextest run -p switchboard-tests --profile ci --test resolver_watch put_delete_stream_single_member >/dev/null 2>&1
 left=$(dead_dirs)
 if [ -n "$left" ]; then
