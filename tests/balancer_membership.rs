@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use switchboard_balancer::{Balancer, ConnectivityState};
 use switchboard_resolver::Update;
-use switchboard_testkit::TestServer;
+use switchboard_testkit::{ClosedPort, TestServer};
 use switchboard_tests::balancing::{
     Load, balancer as start_balancer, call, call_with, client, instance, send, wait_ready,
     wait_snapshot, wait_until, watch_events,
@@ -109,6 +109,55 @@ async fn a_stream_outliving_the_drain_timeout_is_cut_and_the_connection_closed()
         s.subchannels.is_empty()
     })
     .await?;
+    Ok(())
+}
+
+/// An instance moved to an address that never comes up: its old connection serves on, but
+/// not past the drain timeout, and then it is gone for good (SHUTDOWN, never reconnecting to
+/// the old address, which another service may have by then).
+#[tokio::test]
+async fn a_moved_instance_whose_new_address_never_answers_leaves_its_old_one_within_the_drain_timeout()
+-> Result<()> {
+    init_tracing();
+    let drain_timeout = Duration::from_secs(2);
+    let old = TestServer::start("old").await?;
+    let nowhere = ClosedPort::new()?;
+    let (publisher, balancer) = start_balancer(Balancer::builder().drain_timeout(drain_timeout))?;
+    send(
+        &publisher,
+        Update::Reset(vec![instance("svc/1", old.addr())]),
+    )
+    .await?;
+    wait_ready(&balancer, 1).await?;
+    let mut users = client(&balancer);
+    assert_eq!(call(&mut users, T).await?, "old");
+
+    let moved = Instant::now();
+    send(&publisher, Update::Add(instance("svc/1", nowhere.addr()))).await?;
+    // Until the drain timeout, calls still reach the old address.
+    wait_snapshot(&balancer, "the move applied", |s| s.updates_applied == 2).await?;
+    assert_eq!(call(&mut users, T).await?, "old");
+    // Then its connection closes, and its sub-channel is gone, not reconnecting.
+    wait_until("the old connection closes", || old.connections() == 0).await?;
+    let closed_after = moved.elapsed();
+    let old_addr = old.addr().to_string();
+    let snapshot = wait_snapshot(&balancer, "the old sub-channel is gone", |s| {
+        s.by_addr(&old_addr).is_none()
+    })
+    .await?;
+    println!(
+        "the old connection closed {closed_after:?} after the move (drain timeout {drain_timeout:?})"
+    );
+    assert!(
+        closed_after < drain_timeout + Duration::from_secs(8),
+        "closed {closed_after:?} after the move, the drain timeout being {drain_timeout:?}"
+    );
+    assert_eq!(snapshot.subchannels.len(), 1, "{snapshot:#?}");
+    assert_ne!(snapshot.subchannels[0].state, ConnectivityState::Ready);
+    assert_eq!(old.connections(), 0, "the old address was connected again");
+    // No instance is READY: fail-fast calls fail.
+    let status = call(&mut users, T).await.expect_err("nothing is READY");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     Ok(())
 }
 

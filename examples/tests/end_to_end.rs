@@ -278,6 +278,97 @@ async fn a_blackholed_cluster_fails_with_deadline_exceeded_at_the_deadline() -> 
     Ok(())
 }
 
+/// Every instance black-holed (TCP accepted, never an answer): once each connection attempt
+/// has timed out, the channel stays TRANSIENT_FAILURE while it tries again (it is sticky until
+/// an instance is READY), so fail-fast calls fail at once with UNAVAILABLE naming the last
+/// connection error instead of waiting out their deadline; wait-for-ready calls wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_instance_failing_fail_fast_calls_fail_at_once() -> Result<()> {
+    use switchboard::balancer::ConnectivityState;
+
+    const CALLERS: usize = 4;
+    const RUN: Duration = Duration::from_secs(6);
+    let holes = [
+        BlackHoleServer::start().await?,
+        BlackHoleServer::start().await?,
+    ];
+    let config = ClientConfig::from_yaml(&format!(
+        "Endpoints: [{}, {}]\nNonBlock: true\nTimeout: 1s\nBackoff: {{MinConnectTimeout: 1s}}\n",
+        holes[0].addr(),
+        holes[1].addr()
+    ))?;
+    let client = Client::connect(config).await?;
+    let users = User::new(&client);
+    let mut state = client.balancer().watch_state();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        state.wait_for(|s| *s == ConnectivityState::TransientFailure),
+    )
+    .await
+    .context("the channel never became TRANSIENT_FAILURE")??;
+
+    // 4 callers, a call every 10 ms each, for 6 s: the sub-channels go on trying (CONNECTING
+    // again after each backoff), and the channel stays TRANSIENT_FAILURE throughout.
+    let codes = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let (users, codes) = (users.clone(), codes.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                let mut last = None;
+                while started.elapsed() < RUN {
+                    tick.tick().await;
+                    let code = match users.get_user_info(GetUserInfoRequest { id: 1 }).await {
+                        Ok(_) => "Ok".to_owned(),
+                        Err(status) => {
+                            let code = format!("{:?}", status.code());
+                            last = Some(status);
+                            code
+                        }
+                    };
+                    *codes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(code)
+                        .or_default() += 1;
+                }
+                last
+            })
+        })
+        .collect();
+    let mut last = None;
+    for caller in callers {
+        last = caller.await?.or(last);
+    }
+    let codes = codes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    println!("every instance black-holed, 1 s deadline, {CALLERS} callers for {RUN:?}: {codes:?}");
+    let unavailable = codes.get("Unavailable").copied().unwrap_or(0);
+    let deadline_exceeded = codes.get("DeadlineExceeded").copied().unwrap_or(0);
+    assert!(!codes.contains_key("Ok"), "{codes:?}");
+    assert!(
+        unavailable > 0 && unavailable >= 10 * deadline_exceeded,
+        "{codes:?}"
+    );
+    let last = last.context("no call failed")?;
+    assert!(
+        last.message().contains("timed out"),
+        "the status names the last connection error: {last:?}"
+    );
+
+    // A wait-for-ready call waits for a READY instance until its deadline.
+    let deadline = Duration::from_millis(500);
+    let started = Instant::now();
+    let status = users
+        .with(CallOptions::new().timeout(deadline).wait_for_ready(true))
+        .get_user_info(GetUserInfoRequest { id: 1 })
+        .await
+        .expect_err("no instance ever answers");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(started.elapsed() >= deadline, "{:?}", started.elapsed());
+    Ok(())
+}
+
 #[test]
 fn a_bad_config_is_refused_with_the_field_named() {
     let error =

@@ -14,6 +14,11 @@
 //!  any state ── removed from the resolver ──> (drain in-flight RPCs) ──> SHUTDOWN
 //! ```
 //!
+//! A sub-channel whose instance moved to another address is *retired*: its READY connection
+//! keeps serving until the new address is READY (the balancer then drains it), but never past
+//! its retirement deadline (the drain timeout), and it never connects again: a connection lost
+//! after retirement, or a retirement while not READY, ends in SHUTDOWN.
+//!
 //! Connection attempts follow the gRPC connection-backoff spec ([`ConnectBackoff`]). A
 //! connection that was READY is replaced at once when it is lost (the backoff starts over
 //! once SETTINGS arrived), except when it lived less than the initial backoff: then the next
@@ -205,6 +210,23 @@ impl<S> Event<S> {
     }
 }
 
+/// What the balancer wants of a sub-channel's task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// Keep connected.
+    Run,
+    /// Serve on the READY connection at most until `by`, then close; never connect again.
+    Retire { by: Instant },
+    /// Take no new RPC, let those in flight finish (within the drain timeout, or by the
+    /// deadline of a retirement that came before), close.
+    Drain { by: Option<Instant> },
+}
+
+impl Order {
+    /// A drain with no deadline but the drain timeout.
+    pub(crate) const DRAIN: Self = Self::Drain { by: None };
+}
+
 /// Settings of a sub-channel's task.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
@@ -220,7 +242,7 @@ pub(crate) struct Driver<C: Connector> {
     connector: Arc<C>,
     authority: Authority,
     events: mpsc::UnboundedSender<Event<C::Sender>>,
-    drain: watch::Receiver<bool>,
+    drain: watch::Receiver<Order>,
     backoff: Backoff,
     keepalive: Option<Duration>,
     drain_timeout: Duration,
@@ -241,7 +263,7 @@ impl<C: Connector> Driver<C> {
         connector: Arc<C>,
         authority: Authority,
         events: mpsc::UnboundedSender<Event<C::Sender>>,
-        drain: watch::Receiver<bool>,
+        drain: watch::Receiver<Order>,
         backoff: Backoff,
         settings: Settings,
     ) -> Self {
@@ -262,6 +284,10 @@ impl<C: Connector> Driver<C> {
     /// Runs the state machine until the sub-channel is drained and SHUTDOWN.
     pub(crate) async fn run(mut self) {
         loop {
+            if self.retired() {
+                debug!(addr = %self.shared.addr, "retired: not connecting again");
+                return self.shutdown();
+            }
             let started = Instant::now();
             let attempt = self.backoff.attempt(started);
             self.transition(ConnectivityState::Connecting, None, None);
@@ -276,7 +302,7 @@ impl<C: Connector> Driver<C> {
             let connecting = self.connector.connect(&self.shared.addr, self.keepalive);
             let result = tokio::select! {
                 r = tokio::time::timeout_at(attempt.connect_deadline, connecting) => r,
-                () = drain_requested(&mut self.drain) => return self.shutdown(),
+                () = stop_connecting(&mut self.drain) => return self.shutdown(),
             };
             let error = match result {
                 Ok(Ok(conn)) => {
@@ -284,6 +310,10 @@ impl<C: Connector> Driver<C> {
                     self.backoff.reset();
                     match self.serve(conn).await {
                         Served::Drained => return,
+                        Served::Closed(_) if self.retired() => {
+                            debug!(addr = %self.shared.addr, "retired connection lost: not reconnecting");
+                            return self.shutdown();
+                        }
                         Served::Closed(how) => {
                             let retry_at = ready_at + self.backoff.config().initial;
                             match how {
@@ -353,14 +383,16 @@ impl<C: Connector> Driver<C> {
         self.transition(ConnectivityState::Ready, None, Some(ready));
         let how = tokio::select! {
             biased;
-            () = drain_requested(&mut self.drain) => None,
+            () = stop_serving(&mut self.drain) => None,
             how = &mut closed => Some(how),
             never = &mut health => match never {},
         };
         match how {
             // Dropping the balancer's senders on removal also ends the dispatch: that is a
             // drain, not a lost connection.
-            Some(how) if !self.drain_is_requested() => Served::Closed(how),
+            Some(how) if !self.drain_is_requested() && !self.retirement_is_over() => {
+                Served::Closed(how)
+            }
             _ => {
                 self.drain_in_flight(&mut closed).await;
                 abort();
@@ -423,7 +455,15 @@ impl<C: Connector> Driver<C> {
     }
 
     fn drain_is_requested(&self) -> bool {
-        *self.drain.borrow() || self.drain.has_changed().is_err()
+        matches!(*self.drain.borrow(), Order::Drain { .. }) || self.drain.has_changed().is_err()
+    }
+
+    fn retired(&self) -> bool {
+        matches!(*self.drain.borrow(), Order::Retire { .. })
+    }
+
+    fn retirement_is_over(&self) -> bool {
+        matches!(*self.drain.borrow(), Order::Retire { by } if Instant::now() >= by)
     }
 
     /// Waits until no RPC is in flight on this sub-channel, or the drain timeout passed.
@@ -434,7 +474,12 @@ impl<C: Connector> Driver<C> {
     async fn drain_in_flight(&self, closed: &mut crate::connect::BoxFuture<Closed>) {
         let shared = &self.shared;
         shared.draining.store(true, Ordering::Release);
-        let deadline = Instant::now() + self.drain_timeout;
+        let timeout = Instant::now() + self.drain_timeout;
+        let deadline = match *self.drain.borrow() {
+            // A retired connection closes by its deadline, whoever asks it to drain.
+            Order::Retire { by } | Order::Drain { by: Some(by) } => by.min(timeout),
+            Order::Run | Order::Drain { by: None } => timeout,
+        };
         let mut dispatch_done = false;
         loop {
             let in_flight = shared.in_flight.load(Ordering::Acquire);
@@ -459,11 +504,11 @@ impl<C: Connector> Driver<C> {
         }
     }
 
-    /// Sleeps until `at`; false if a drain was requested meanwhile.
+    /// Sleeps until `at`; false if a drain or a retirement was ordered meanwhile.
     async fn wait_until(&mut self, at: Instant) -> bool {
         tokio::select! {
             () = tokio::time::sleep_until(at) => true,
-            () = drain_requested(&mut self.drain) => false,
+            () = stop_connecting(&mut self.drain) => false,
         }
     }
 
@@ -518,9 +563,30 @@ impl<C: Connector> Driver<C> {
     }
 }
 
-/// Resolves once a drain is requested (or whoever could request one is gone).
-async fn drain_requested(drain: &mut watch::Receiver<bool>) {
-    let _ = drain.wait_for(|d| *d).await;
+/// Resolves once the task must stop connecting: a drain or a retirement is ordered (or whoever
+/// could order one is gone).
+async fn stop_connecting(orders: &mut watch::Receiver<Order>) {
+    let _ = orders.wait_for(|o| *o != Order::Run).await;
+}
+
+/// Resolves once a READY connection must stop serving: a drain is ordered, a retirement's
+/// deadline has passed, or whoever could order a drain is gone.
+async fn stop_serving(orders: &mut watch::Receiver<Order>) {
+    loop {
+        let order = *orders.borrow_and_update();
+        match order {
+            Order::Drain { .. } => return,
+            Order::Retire { by } => tokio::select! {
+                () = tokio::time::sleep_until(by) => return,
+                changed = orders.changed() => if changed.is_err() { return },
+            },
+            Order::Run => {
+                if orders.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -20,13 +20,19 @@ use crate::inner::{Inner, Snapshot};
 use crate::outlier::{self, Tracker};
 use crate::picker::Policy;
 use crate::state::ConnectivityState;
-use crate::subchannel::{Driver, Event, Ready, Shared};
+use crate::subchannel::{Driver, Event, Order, Ready, Shared};
 
 /// One sub-channel as the worker tracks it.
 struct Sub<S> {
     shared: Arc<Shared>,
-    drain: watch::Sender<bool>,
+    drain: watch::Sender<Order>,
     state: ConnectivityState,
+    /// It failed (TRANSIENT_FAILURE) and has not been READY since: the channel's aggregate
+    /// counts it as failing while it tries again, as gRPC's balancers keep TRANSIENT_FAILURE
+    /// sticky, so that fail-fast RPCs fail at once when every instance is failing.
+    failing: bool,
+    /// When it was retired (its instance moved), the deadline of its connection.
+    retired_by: Option<Instant>,
     ready: Option<Ready<S>>,
     /// Its connection's health (gRFC A17).
     health: Health,
@@ -53,6 +59,9 @@ impl<S> Sub<S> {
     /// TRANSIENT_FAILURE, as gRFC A17 and A50 have them reported.
     fn effective_state(&self) -> ConnectivityState {
         match (self.state, self.health) {
+            (ConnectivityState::Connecting | ConnectivityState::Idle, _) if self.failing => {
+                ConnectivityState::TransientFailure
+            }
             (ConnectivityState::Ready, _) if self.outlier.is_ejected() => {
                 ConnectivityState::TransientFailure
             }
@@ -169,9 +178,11 @@ impl<C: Connector> Worker<C> {
         }
         debug!(target = %self.config.target, "balancer closed: draining every sub-channel");
         for (_, slot) in std::mem::take(&mut self.slots) {
-            let _ = slot.current.drain.send(true);
+            let _ = slot.current.drain.send(Order::DRAIN);
             if let Some(previous) = slot.previous {
-                let _ = previous.drain.send(true);
+                let _ = previous.drain.send(Order::Drain {
+                    by: previous.retired_by,
+                });
             }
         }
         let closed =
@@ -257,6 +268,12 @@ impl<C: Connector> Worker<C> {
         self.keys.insert(sub.id(), new.key.clone());
         let old_current = std::mem::replace(&mut slot.current, sub);
         let stale = if old_current.ready.is_some() {
+            // It serves until the new address is READY, but not past the drain timeout, and
+            // never connects to the old address again.
+            let mut old_current = old_current;
+            let by = Instant::now() + self.config.subchannel.drain_timeout;
+            old_current.retired_by = Some(by);
+            let _ = old_current.drain.send(Order::Retire { by });
             slot.previous.replace(old_current)
         } else {
             Some(old_current)
@@ -297,7 +314,7 @@ impl<C: Connector> Worker<C> {
             instance.weight,
             self.config.rtt_decay,
         ));
-        let (drain, drain_rx) = watch::channel(false);
+        let (drain, drain_rx) = watch::channel(Order::Run);
         let backoff = Backoff::new(
             self.config.backoff,
             SmallRng::seed_from_u64(self.rng.random()),
@@ -318,6 +335,8 @@ impl<C: Connector> Worker<C> {
             shared,
             drain,
             state: ConnectivityState::Idle,
+            failing: false,
+            retired_by: None,
             ready: None,
             health: self.initial_health(),
             outlier: Tracker::default(),
@@ -338,7 +357,7 @@ impl<C: Connector> Worker<C> {
         } else {
             self.draining.insert(sub.id(), sub.shared.clone());
         }
-        let _ = sub.drain.send(true);
+        let _ = sub.drain.send(Order::Drain { by: sub.retired_by });
         self.dirty = true;
     }
 
@@ -448,6 +467,11 @@ impl<C: Connector> Worker<C> {
             Event::State { state, ready, .. } => {
                 sub.state = state;
                 sub.ready = ready;
+                match state {
+                    ConnectivityState::TransientFailure => sub.failing = true,
+                    ConnectivityState::Ready => sub.failing = false,
+                    _ => {}
+                }
                 if state != ConnectivityState::Ready {
                     sub.health = initial_health;
                 }
@@ -467,13 +491,14 @@ impl<C: Connector> Worker<C> {
         if was_pickable || pickable {
             self.ready_dirty = true;
         }
-        let replaced = if is_current && pickable {
+        let retired_gone = !is_current && sub.state == ConnectivityState::Shutdown;
+        let replaced = if (is_current && pickable) || retired_gone {
             slot.previous.take()
         } else {
             None
         };
         if let Some(previous) = replaced {
-            debug!(key = %previous.shared.key, addr = %previous.shared.addr, "the new address is READY: draining the old one");
+            debug!(key = %previous.shared.key, addr = %previous.shared.addr, "the new address is READY, or the old connection ended: draining the old one");
             self.drain(previous);
         }
     }

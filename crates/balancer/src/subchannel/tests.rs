@@ -84,7 +84,7 @@ struct Harness {
     script: Arc<Script>,
     shared: Arc<Shared>,
     events: mpsc::UnboundedReceiver<Event<()>>,
-    drain: watch::Sender<bool>,
+    drain: watch::Sender<Order>,
     start: Instant,
     seed: u64,
 }
@@ -100,7 +100,7 @@ fn start(script: Script, keepalive: Option<Duration>, drain_timeout: Duration) -
         Duration::from_secs(10),
     ));
     let (events_tx, events) = mpsc::unbounded_channel();
-    let (drain, drain_rx) = watch::channel(false);
+    let (drain, drain_rx) = watch::channel(Order::Run);
     let seed = 42;
     let driver = Driver::new(
         shared.clone(),
@@ -315,7 +315,7 @@ async fn a_drain_waits_for_calls_in_flight_then_closes() {
     assert_eq!(h.next().await.0, READY);
     h.shared.call_started();
     h.shared.call_started();
-    h.drain.send(true).ok();
+    h.drain.send(Order::DRAIN).ok();
     tokio::time::sleep(Duration::from_secs(3)).await;
     h.shared.call_ended(Some((tonic::Code::Ok, Duration::ZERO)));
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -343,7 +343,7 @@ async fn a_drain_gives_up_after_the_drain_timeout() {
     assert_eq!(h.next().await.0, Connecting);
     assert_eq!(h.next().await.0, READY);
     h.shared.call_started();
-    h.drain.send(true).ok();
+    h.drain.send(Order::DRAIN).ok();
     assert_eq!(h.next().await, (Shutdown, Duration::from_secs(30)));
     assert_eq!(h.script.aborts.load(Ordering::SeqCst), 1);
 }
@@ -363,4 +363,87 @@ async fn a_drain_while_in_backoff_shuts_down_at_once() {
     };
     assert_eq!((state, at), (Shutdown, Duration::from_millis(500)));
     assert!(h.events.recv().await.is_none(), "nothing after SHUTDOWN");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retired_connection_that_is_lost_never_connects_again() {
+    let script = Script::default();
+    let (close, closed) = oneshot::channel();
+    script.push(Outcome::Connect(closed));
+    // Were it to connect again, this connection would be there for it.
+    let (_keep, closed2) = oneshot::channel();
+    script.push(Outcome::Connect(closed2));
+    let mut h = start(script, None, Duration::from_secs(30));
+    assert_eq!(h.next().await.0, Connecting);
+    assert_eq!(h.next().await.0, READY);
+    let by = Instant::now() + Duration::from_secs(30);
+    h.drain.send(Order::Retire { by }).ok();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    close.send(Closed::Error("connection reset".into())).ok();
+    assert_eq!(h.next().await, (Shutdown, Duration::from_secs(2)));
+    assert!(h.events.recv().await.is_none(), "nothing after SHUTDOWN");
+    assert_eq!(
+        h.script.attempts().len(),
+        1,
+        "connected again after retirement"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retired_connection_closes_by_its_deadline_with_calls_in_flight() {
+    let script = Script::default();
+    let (_keep, closed) = oneshot::channel();
+    script.push(Outcome::Connect(closed));
+    let mut h = start(script, None, Duration::from_secs(30));
+    assert_eq!(h.next().await.0, Connecting);
+    assert_eq!(h.next().await.0, READY);
+    h.shared.call_started();
+    let by = Instant::now() + Duration::from_secs(5);
+    h.drain.send(Order::Retire { by }).ok();
+    // It serves until its deadline (5 s), not for the drain timeout (30 s) after it.
+    assert_eq!(h.next().await, (Shutdown, Duration::from_secs(5)));
+    assert_eq!(h.script.aborts.load(Ordering::SeqCst), 1);
+    assert_eq!(h.script.attempts().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_of_a_retired_connection_keeps_its_deadline() {
+    let script = Script::default();
+    let (_keep, closed) = oneshot::channel();
+    script.push(Outcome::Connect(closed));
+    let mut h = start(script, None, Duration::from_secs(30));
+    assert_eq!(h.next().await.0, Connecting);
+    assert_eq!(h.next().await.0, READY);
+    h.shared.call_started();
+    h.drain
+        .send(Order::Retire {
+            by: Instant::now() + Duration::from_secs(5),
+        })
+        .ok();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The new address is READY: the balancer drains the old connection; the call in flight
+    // gets what is left of the retirement, not a whole drain timeout.
+    h.drain
+        .send(Order::Drain {
+            by: Some(h.start + Duration::from_secs(5)),
+        })
+        .ok();
+    assert_eq!(h.next().await, (Shutdown, Duration::from_secs(5)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retirement_during_backoff_shuts_down_at_once() {
+    let script = Script::default();
+    script.push(Outcome::Fail(Duration::ZERO));
+    let mut h = start(script, None, Duration::from_secs(30));
+    assert_eq!(h.next().await.0, Connecting);
+    assert_eq!(h.next().await.0, TransientFailure);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.drain
+        .send(Order::Retire {
+            by: Instant::now() + Duration::from_secs(30),
+        })
+        .ok();
+    assert_eq!(h.next().await, (Shutdown, Duration::from_millis(300)));
+    assert_eq!(h.script.attempts().len(), 1);
 }
