@@ -28,11 +28,18 @@ sleep "$after"
 # Kill it while a test has processes and a temporary directory of its own (an etcd member and
 # its data at least), or the check proves nothing.
 tmp="${TMPDIR:-/tmp}"
+# Each temporary directory of the suite, with the test process that made it: DIR PID.
+suite_dirs() {
+  find "$tmp" -maxdepth 1 -type d -name 'switchboard-*-*-*' | while read -r dir; do
+    pid=$(basename "$dir" | cut -d- -f3)
+    case "$pid" in '' | *[!0-9]*) continue ;; esac
+    echo "$dir $pid"
+  done
+}
 owned_by_tests() {
   local tests
   tests=" $(pgrep -P "$leader" | tr '\n' ' ') "
-  find "$tmp" -maxdepth 1 -type d -name 'switchboard-*-*-*' | while read -r dir; do
-    pid=$(basename "$dir" | cut -d- -f3)
+  suite_dirs | while read -r dir pid; do
     case "$tests" in *" $pid "*) echo "$dir" ;; esac
   done
 }
@@ -74,9 +81,7 @@ echo "kill-check: no process left behind"
 # Every temporary directory of the suite is named switchboard-WHAT-PID-… after the test process
 # that made it; the next test that makes one removes those whose process is gone.
 dead_dirs() {
-  find "$tmp" -maxdepth 1 -type d -name 'switchboard-*-*-*' | while read -r dir; do
-    pid=$(basename "$dir" | cut -d- -f3)
-    case "$pid" in '' | *[!0-9]*) continue ;; esac
+  suite_dirs | while read -r dir pid; do
     [ -d "/proc/$pid" ] || echo "$dir"
   done
 }

@@ -162,6 +162,18 @@ impl Harness {
     }
 }
 
+/// A sub-channel READY on a connection that never ends by itself, with `drain_timeout`.
+async fn ready(drain_timeout: Duration) -> Harness {
+    let script = Script::default();
+    // Dropped: the connection then never closes.
+    let (_, closed) = oneshot::channel();
+    script.push(Outcome::Connect(closed));
+    let mut h = start(script, None, drain_timeout);
+    assert_eq!(h.next().await.0, Connecting);
+    assert_eq!(h.next().await.0, READY);
+    h
+}
+
 fn assert_allowed(states: &[ConnectivityState]) {
     let mut from = Idle;
     for &to in states {
@@ -307,12 +319,7 @@ async fn too_many_pings_doubles_the_keepalive_interval() {
 
 #[tokio::test(start_paused = true)]
 async fn a_drain_waits_for_calls_in_flight_then_closes() {
-    let script = Script::default();
-    let (_keep, closed) = oneshot::channel();
-    script.push(Outcome::Connect(closed));
-    let mut h = start(script, None, Duration::from_secs(30));
-    assert_eq!(h.next().await.0, Connecting);
-    assert_eq!(h.next().await.0, READY);
+    let mut h = ready(Duration::from_secs(30)).await;
     h.shared.call_started();
     h.shared.call_started();
     h.drain.send(Order::DRAIN).ok();
@@ -336,12 +343,7 @@ async fn a_drain_waits_for_calls_in_flight_then_closes() {
 
 #[tokio::test(start_paused = true)]
 async fn a_drain_gives_up_after_the_drain_timeout() {
-    let script = Script::default();
-    let (_keep, closed) = oneshot::channel();
-    script.push(Outcome::Connect(closed));
-    let mut h = start(script, None, Duration::from_secs(30));
-    assert_eq!(h.next().await.0, Connecting);
-    assert_eq!(h.next().await.0, READY);
+    let mut h = ready(Duration::from_secs(30)).await;
     h.shared.call_started();
     h.drain.send(Order::DRAIN).ok();
     assert_eq!(h.next().await, (Shutdown, Duration::from_secs(30)));
@@ -391,12 +393,7 @@ async fn a_retired_connection_that_is_lost_never_connects_again() {
 
 #[tokio::test(start_paused = true)]
 async fn a_retired_connection_closes_by_its_deadline_with_calls_in_flight() {
-    let script = Script::default();
-    let (_keep, closed) = oneshot::channel();
-    script.push(Outcome::Connect(closed));
-    let mut h = start(script, None, Duration::from_secs(30));
-    assert_eq!(h.next().await.0, Connecting);
-    assert_eq!(h.next().await.0, READY);
+    let mut h = ready(Duration::from_secs(30)).await;
     h.shared.call_started();
     let by = Instant::now() + Duration::from_secs(5);
     h.drain.send(Order::Retire { by }).ok();
@@ -408,12 +405,7 @@ async fn a_retired_connection_closes_by_its_deadline_with_calls_in_flight() {
 
 #[tokio::test(start_paused = true)]
 async fn a_drain_of_a_retired_connection_keeps_its_deadline() {
-    let script = Script::default();
-    let (_keep, closed) = oneshot::channel();
-    script.push(Outcome::Connect(closed));
-    let mut h = start(script, None, Duration::from_secs(30));
-    assert_eq!(h.next().await.0, Connecting);
-    assert_eq!(h.next().await.0, READY);
+    let mut h = ready(Duration::from_secs(30)).await;
     h.shared.call_started();
     h.drain
         .send(Order::Retire {
