@@ -12,6 +12,14 @@ after="${1:-45}"
 pattern='switchboard-etcd-|/test-server|switchboard-peer|/user-rpc|/gateway|/demo( |$)|chromium.*switchboard'
 
 leftovers() { pgrep -af -- "$pattern" | grep -v -e pgrep -e kill-check || true; }
+# Fails the check when LIST (lines of what was left) is not empty, saying WHAT it is.
+fail_if_left() {
+  local what="$1" list="$2"
+  [ -z "$list" ] && return 0
+  echo "kill-check: FAILED: $what left behind:" >&2
+  echo "$list" >&2
+  exit 1
+}
 if [ -n "$(leftovers)" ]; then
   echo "kill-check: processes of another run are about; stop them first:" >&2
   leftovers >&2
@@ -70,12 +78,7 @@ for _ in $(seq 1 50); do
   [ -z "$(leftovers)" ] && break
   sleep 0.1
 done
-left=$(leftovers)
-if [ -n "$left" ]; then
-  echo "kill-check: FAILED: processes left behind:" >&2
-  echo "$left" >&2
-  exit 1
-fi
+fail_if_left processes "$(leftovers)"
 echo "kill-check: no process left behind"
 
 # Every temporary directory of the suite is named switchboard-WHAT-PID-… after the test process
@@ -88,11 +91,6 @@ dead_dirs() {
 stale=$(dead_dirs | wc -l)
 [ "$stale" -gt 0 ] || { echo "kill-check: the killed tests left no directory to sweep" >&2; exit 1; }
 cargo nextest run -p switchboard-tests --profile ci --test resolver_watch put_delete_stream_single_member >/dev/null 2>&1
-left=$(dead_dirs)
-if [ -n "$left" ]; then
-  echo "kill-check: FAILED: temporary directories left behind:" >&2
-  echo "$left" >&2
-  exit 1
-fi
+fail_if_left "temporary directories" "$(dead_dirs)"
 echo "kill-check: $stale temporary directories of the killed run, removed by the next run; none left"
 echo "kill-check: passed"

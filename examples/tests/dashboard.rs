@@ -10,7 +10,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -116,28 +115,20 @@ struct Page {
 /// Loads `url` in headless Chromium, lets it poll for three seconds of its (virtual) time, and
 /// reads the rows out of the DOM it ends with.
 async fn load(browser: &Path, profile: &Path, url: &str) -> Result<Page> {
-    let run = Command::from(switchboard_testkit::child_command(browser))
-        .args([
-            "--headless",
-            "--disable-gpu",
-            "--no-sandbox",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--virtual-time-budget=3000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut cmd = Command::from(switchboard_testkit::child_command(browser));
+    cmd.args([
+        "--headless",
+        "--disable-gpu",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--virtual-time-budget=3000",
+        "--dump-dom",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg(url);
     // Chromium's helpers end with it, even when it is cut off.
-    let _group = switchboard_testkit::GroupGuard::new(run.id());
-    let out = tokio::time::timeout(Duration::from_secs(60), run.wait_with_output())
-        .await
-        .context("chromium did not finish within 60 s")??;
+    let out = support::output_within(cmd, "chromium", Duration::from_secs(60)).await?;
     if !out.status.success() {
         bail!("chromium failed: {}", out.status);
     }

@@ -246,19 +246,26 @@ async fn kill_9_during_a_call_loop_fails_no_call_with_the_default_retries() -> R
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_blackholed_cluster_fails_with_deadline_exceeded_at_the_deadline() -> Result<()> {
+/// Two instances that accept TCP and never answer, and a non-blocking client of them with
+/// `yaml` added to its config.
+async fn blackholed(yaml: &str) -> Result<([BlackHoleServer; 2], Client, User)> {
     let holes = [
         BlackHoleServer::start().await?,
         BlackHoleServer::start().await?,
     ];
     let config = ClientConfig::from_yaml(&format!(
-        "Endpoints: [{}, {}]\nNonBlock: true\n",
+        "Endpoints: [{}, {}]\nNonBlock: true\n{yaml}",
         holes[0].addr(),
         holes[1].addr()
     ))?;
     let client = Client::connect(config).await?;
     let users = User::new(&client);
+    Ok((holes, client, users))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_cluster_fails_with_deadline_exceeded_at_the_deadline() -> Result<()> {
+    let (_holes, _client, users) = blackholed("").await?;
     let deadline = Duration::from_millis(300);
 
     let started = Instant::now();
@@ -288,17 +295,8 @@ async fn with_every_instance_failing_fail_fast_calls_fail_at_once() -> Result<()
 
     const CALLERS: usize = 4;
     const RUN: Duration = Duration::from_secs(6);
-    let holes = [
-        BlackHoleServer::start().await?,
-        BlackHoleServer::start().await?,
-    ];
-    let config = ClientConfig::from_yaml(&format!(
-        "Endpoints: [{}, {}]\nNonBlock: true\nTimeout: 1s\nBackoff: {{MinConnectTimeout: 1s}}\n",
-        holes[0].addr(),
-        holes[1].addr()
-    ))?;
-    let client = Client::connect(config).await?;
-    let users = User::new(&client);
+    let (_holes, client, users) =
+        blackholed("Timeout: 1s\nBackoff: {MinConnectTimeout: 1s}\n").await?;
     let mut state = client.balancer().watch_state();
     tokio::time::timeout(
         Duration::from_secs(30),

@@ -175,20 +175,12 @@ async fn the_gateway_finishes_its_requests_and_exits_on_sigterm() -> Result<()> 
 
 /// Runs the demo with `--registry REGISTRY` and returns its output, checking it exits 0.
 async fn demo(registry: &str) -> Result<String> {
-    let run = Command::from(switchboard_testkit::child_command(env!(
+    let mut cmd = Command::from(switchboard_testkit::child_command(env!(
         "CARGO_BIN_EXE_demo"
-    )))
-    .args(["--registry", registry])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true)
-    .spawn()?;
+    )));
+    cmd.args(["--registry", registry]);
     // On a timeout or a failure, the demo's etcd, instances and gateway end with it.
-    let _group = switchboard_testkit::GroupGuard::new(run.id());
-    let output = tokio::time::timeout(Duration::from_secs(120), run.wait_with_output())
-        .await
-        .context("the demo did not finish within 120 s")??;
+    let output = support::output_within(cmd, "the demo", Duration::from_secs(120)).await?;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {
         bail!(

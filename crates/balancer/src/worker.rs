@@ -266,11 +266,10 @@ impl<C: Connector> Worker<C> {
             return;
         };
         self.keys.insert(sub.id(), new.key.clone());
-        let old_current = std::mem::replace(&mut slot.current, sub);
+        let mut old_current = std::mem::replace(&mut slot.current, sub);
         let stale = if old_current.ready.is_some() {
             // It serves until the new address is READY, but not past the drain timeout, and
             // never connects to the old address again.
-            let mut old_current = old_current;
             let by = Instant::now() + self.config.subchannel.drain_timeout;
             old_current.retired_by = Some(by);
             let _ = old_current.drain.send(Order::Retire { by });

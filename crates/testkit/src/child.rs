@@ -60,3 +60,38 @@ impl Drop for GroupGuard {
         }
     }
 }
+
+/// Spawns `cmd` (logs at `warn`, stdin closed, stdout piped, killed when dropped) and waits, at
+/// most 30 s, for the line of its stdout that starts with `prefix` (a program saying where it
+/// listens, or that it registered); returns the child and the rest of that line. Its stdout
+/// is drained afterwards, so that it never blocks on a full pipe. `name` names it in errors.
+pub async fn spawn_until_line(
+    mut cmd: tokio::process::Command,
+    name: &str,
+    prefix: &str,
+) -> anyhow::Result<(tokio::process::Child, String)> {
+    use anyhow::Context as _;
+    use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+    let mut child = cmd
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let stdout = child.stdout.take().context("a stdout pipe")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Ok(rest.to_owned());
+            }
+        }
+        anyhow::bail!("{name} exited before it printed {prefix:?}")
+    })
+    .await
+    .with_context(|| format!("{name} did not print {prefix:?} within 30 s"))??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, rest))
+}

@@ -56,7 +56,7 @@ mod server;
 mod tls;
 mod tmp;
 
-pub use child::{GroupGuard, child_command};
+pub use child::{GroupGuard, child_command, spawn_until_line};
 pub use etcd::{Etcd, etcdctl_bin};
 pub use go_peer::{
     Followed, GoCall, GoClient, go_client_follows_a_leave, go_conn, go_peak, go_peer_bin,

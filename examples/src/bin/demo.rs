@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -34,8 +34,7 @@ use switchboard::resolver::{Instance as Registration, MemoryRegistry, Resolve};
 use switchboard::{Client, ClientConfig, Server, Serving};
 use switchboard_examples::service::UserService;
 use switchboard_examples::user::user_server::UserServer;
-use switchboard_testkit::Etcd;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use switchboard_testkit::{Etcd, spawn_until_line};
 use tokio::process::{Child, Command};
 
 /// Concurrent HTTP clients of the gateway.
@@ -139,9 +138,10 @@ impl Registry {
                     "--key",
                     "user.rpc",
                 ]);
-                let prefix = "gateway listening on ";
-                let (child, line) = spawn_until(cmd, "the gateway", prefix).await?;
-                let addr = line[prefix.len()..].trim().to_owned();
+                cmd.stderr(Stdio::inherit());
+                let (child, addr) =
+                    spawn_until_line(cmd, "the gateway", "gateway listening on ").await?;
+                let addr = addr.trim().to_owned();
                 let name = "gateway".into();
                 Ok((Gateway::Process(Box::new(Proc { name, child })), addr))
             }
@@ -230,39 +230,13 @@ async fn user_rpc(name: &str, etcd: &str) -> Result<Proc> {
     let mut cmd = Command::from(switchboard_testkit::child_command(sibling("user-rpc")?));
     cmd.args(["--name", name, "--listen", "127.0.0.1:0", "--etcd", etcd])
         .args(["--key", "user.rpc", "--grace", "1s"]);
-    let (child, ready) = spawn_until(cmd, name, "registered").await?;
-    println!("  {name}: {ready}");
+    cmd.stderr(Stdio::inherit());
+    let (child, ready) = spawn_until_line(cmd, name, "registered ").await?;
+    println!("  {name}: registered {ready}");
     Ok(Proc {
         name: name.to_owned(),
         child,
     })
-}
-
-/// Spawns `cmd` (quiet logs, killed when dropped) and waits, at most 30 s, for the line of its
-/// stdout that starts with `prefix`, which it returns. Its stdout is drained after that.
-async fn spawn_until(mut cmd: Command, name: &str, prefix: &str) -> Result<(Child, String)> {
-    let mut child = cmd
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {name}"))?;
-    let stdout = child.stdout.take().context("a stdout pipe")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await? {
-            if line.starts_with(prefix) {
-                return Ok::<_, anyhow::Error>(line);
-            }
-        }
-        bail!("{name} exited before it printed {prefix:?}")
-    })
-    .await
-    .with_context(|| format!("{name} did not print {prefix:?} within 30 s"))??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, line))
 }
 
 /// One HTTP/1.1 keep-alive client of the gateway, counting answers per instance.

@@ -13,7 +13,6 @@ use hyper_util::rt::TokioIo;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use switchboard_testkit::Etcd;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// A `user-rpc` process, killed when dropped.
@@ -31,7 +30,7 @@ impl UserRpc {
         cmd.args(["--name", name, "--listen", "127.0.0.1:0", "--etcd"])
             .arg(etcd.hosts())
             .args(["--key", "user.rpc", "--grace", "500ms"]);
-        let (child, addr) = spawn_until_line(cmd, name, "registered ").await?;
+        let (child, addr) = spawn_until_word(cmd, name, "registered ").await?;
         Ok(Self { child, addr })
     }
 
@@ -42,33 +41,14 @@ impl UserRpc {
     }
 }
 
-/// Spawns `cmd` (quiet logs, stdout piped, killed when dropped) and waits, at most 30 s, for
-/// the line of its stdout that starts with `prefix`; returns the child and the word after the
-/// prefix (an address it bound, as it says). Its stdout is drained after that.
-async fn spawn_until_line(mut cmd: Command, name: &str, prefix: &str) -> Result<(Child, String)> {
-    let mut child = cmd
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(rest) = line.strip_prefix(prefix) {
-                return Ok(rest.to_owned());
-            }
-        }
-        bail!("{name} exited before it printed {prefix:?}")
-    })
-    .await
-    .with_context(|| format!("{name} did not print {prefix:?} within 30 s"))??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let word = line
+/// Spawns `cmd` and waits for its line that starts with `prefix`; returns the child and the
+/// first word after the prefix (an address it bound, as it says).
+async fn spawn_until_word(cmd: Command, name: &str, prefix: &str) -> Result<(Child, String)> {
+    let (child, rest) = switchboard_testkit::spawn_until_line(cmd, name, prefix).await?;
+    let word = rest
         .split_whitespace()
         .next()
-        .with_context(|| format!("{prefix}WORD, not {line:?}"))?
+        .with_context(|| format!("{prefix}WORD, not {prefix}{rest:?}"))?
         .to_owned();
     Ok((child, word))
 }
@@ -88,7 +68,7 @@ impl Gateway {
             "CARGO_BIN_EXE_gateway"
         )));
         cmd.args(["--listen", "127.0.0.1:0"]).args(args);
-        let (child, addr) = spawn_until_line(cmd, "gateway", "gateway listening on ").await?;
+        let (child, addr) = spawn_until_word(cmd, "gateway", "gateway listening on ").await?;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             match get(&addr, "/healthz").await {
@@ -101,6 +81,29 @@ impl Gateway {
         }
         Ok(Self { child, addr })
     }
+}
+
+/// Runs `cmd` (a command from `child_command`) to its end, with its output captured, for at
+/// most `limit`; `name` names it in errors. Its process group is killed whether it finished,
+/// failed or was cut off, so that what it started (a program's children, Chromium's helpers)
+/// ends with it.
+pub(crate) async fn output_within(
+    mut cmd: Command,
+    name: &str,
+    limit: Duration,
+) -> Result<std::process::Output> {
+    let run = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let _group = switchboard_testkit::GroupGuard::new(run.id());
+    let output = tokio::time::timeout(limit, run.wait_with_output())
+        .await
+        .with_context(|| format!("{name} did not finish within {limit:?}"))??;
+    Ok(output)
 }
 
 /// An HTTP answer: status, content type, body.
