@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use anyhow::Result;
-use switchboard_balancer::{Balancer, ConnectivityState, Policy};
+use switchboard_balancer::{
+    Balancer, ChannelSnapshot, ConnectivityState, PickFirstOptions, Policy,
+};
 use switchboard_resolver::Update;
 use switchboard_testkit::TestServer;
 use switchboard_tests::balancing::{
@@ -120,10 +122,80 @@ async fn weighted_round_robin_follows_the_registered_weights() -> Result<()> {
 }
 
 #[tokio::test]
-async fn pick_first_sticks_to_one_instance_then_fails_over_in_order() -> Result<()> {
+async fn pick_first_connects_to_one_instance_and_fails_over_in_order() -> Result<()> {
     init_tracing();
     let mut servers = servers(&["p1", "p2", "p3"]).await?;
     let (publisher, balancer) = start_balancer(Balancer::builder().policy(Policy::PickFirst))?;
+    let all = servers
+        .iter()
+        .map(|s| instance(s.name(), s.addr()))
+        .collect();
+    send(&publisher, Update::Reset(all)).await?;
+    let p1 = servers[0].addr().to_string();
+    let p2 = servers[1].addr().to_string();
+    let p3 = servers[2].addr().to_string();
+    let untouched = |s: &ChannelSnapshot, addr: &str| {
+        s.by_addr(addr)
+            .is_some_and(|c| c.state == ConnectivityState::Idle && c.connects == 0)
+    };
+    wait_snapshot(
+        &balancer,
+        "p1 READY and picked, p2 and p3 never dialled",
+        |s| s.by_addr(&p1).is_some_and(|c| c.in_picker) && untouched(s, &p2) && untouched(s, &p3),
+    )
+    .await?;
+    assert_eq!(
+        counts(&balancer, 50).await?,
+        BTreeMap::from([("p1".to_string(), 50)])
+    );
+    assert_eq!(servers[1].connections(), 0, "one connection in all: to p1");
+    assert_eq!(servers[2].connections(), 0);
+
+    // p1 goes away: the next in order is dialled and takes over; p3 is still not dialled.
+    let first = servers.remove(0);
+    let addr = first.addr().to_string();
+    first.abort();
+    wait_snapshot(&balancer, "p2 picked, p3 never dialled", |s| {
+        s.by_addr(&p2).is_some_and(|c| c.in_picker) && untouched(s, &p3)
+    })
+    .await?;
+    assert_eq!(
+        counts(&balancer, 50).await?,
+        BTreeMap::from([("p2".to_string(), 50)])
+    );
+
+    // p1 comes back (same key, same port): pick_first stays with p2 and leaves p1 alone.
+    let back = TestServer::start_on(
+        "p1",
+        addr.rsplit_once(':')
+            .map_or(0, |(_, p)| p.parse().unwrap_or(0)),
+    )
+    .await?;
+    assert_eq!(
+        counts(&balancer, 20).await?,
+        BTreeMap::from([("p2".to_string(), 20)])
+    );
+    let s = balancer.snapshot();
+    assert!(
+        s.by_addr(&addr)
+            .is_some_and(|c| c.state != ConnectivityState::Ready),
+        "p1 is not connected again: {s:?}"
+    );
+    drop(back);
+    Ok(())
+}
+
+#[tokio::test]
+async fn pick_first_kept_warm_sticks_to_one_instance_then_fails_over_in_order() -> Result<()> {
+    init_tracing();
+    let mut servers = servers(&["p1", "p2", "p3"]).await?;
+    let (publisher, balancer) =
+        start_balancer(Balancer::builder().policy(Policy::PickFirst).pick_first(
+            PickFirstOptions {
+                keep_warm: true,
+                ..PickFirstOptions::default()
+            },
+        ))?;
     let all = servers
         .iter()
         .map(|s| instance(s.name(), s.addr()))

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Parts, PathAndQuery, Scheme};
+use http::uri::{Parts, Scheme};
 use http::{HeaderMap, Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::watch;
@@ -18,9 +18,10 @@ use tonic::{Code, Status};
 use tracing::{Instrument, Span};
 
 use crate::builder::Builder;
-use crate::connect::{Sender, chain};
-use crate::inner::{Inner, Snapshot};
+use crate::connect::{Sender, chain, with_origin};
+use crate::control::Snapshot;
 use crate::picker::{Pick, Picker};
+use crate::published::Published;
 use crate::snapshot::ChannelSnapshot;
 use crate::state::ConnectivityState;
 use crate::subchannel::{Ready, Shared};
@@ -54,7 +55,7 @@ pub struct Balancer {
 }
 
 pub(crate) struct Handle {
-    pub(crate) inner: Arc<Inner<Sender>>,
+    pub(crate) inner: Arc<Published<Sender>>,
     pub(crate) scheme: Scheme,
     pub(crate) wait_for_ready: bool,
     pub(crate) track_rtt: bool,
@@ -286,23 +287,6 @@ fn attempt_span(target: &str, instance: &str, request: &Request<tonic::body::Bod
         span.record("attempt", previous + 1);
     }
     span
-}
-
-/// `uri`'s path and query, sent to `scheme://authority`.
-pub(crate) fn with_origin(
-    uri: &Uri,
-    scheme: &Scheme,
-    authority: &http::uri::Authority,
-) -> Result<Uri, http::uri::InvalidUriParts> {
-    let mut parts = Parts::default();
-    parts.scheme = Some(scheme.clone());
-    parts.authority = Some(authority.clone());
-    parts.path_and_query = Some(
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts)
 }
 
 fn strip_origin(uri: &Uri) -> Uri {

@@ -9,11 +9,12 @@ use tracing::Instrument;
 
 use crate::backoff::ConnectBackoff;
 use crate::balancer::{Balancer, Handle};
+use crate::config::Config;
 use crate::connect::{ConnectOptions, HttpConnector};
+use crate::control::{self, Core, OutlierDetection, PickFirstOptions};
 use crate::error::Error;
-use crate::inner::Inner;
-use crate::outlier::OutlierDetection;
 use crate::picker::Policy;
+use crate::published::Published;
 use crate::subchannel::Settings;
 use crate::worker::Worker;
 
@@ -50,10 +51,11 @@ pub struct Builder {
     initial_stream_window: Option<u32>,
     initial_connection_window: Option<u32>,
     #[cfg(feature = "tls")]
-    tls: Option<crate::tls::TlsConfig>,
+    tls: Option<crate::connect::tls::TlsConfig>,
     seed: Option<u64>,
     health_check: Option<String>,
     outlier_detection: Option<OutlierDetection>,
+    pick_first: PickFirstOptions,
 }
 
 impl Default for Builder {
@@ -76,20 +78,9 @@ impl Default for Builder {
             seed: None,
             health_check: None,
             outlier_detection: None,
+            pick_first: PickFirstOptions::default(),
         }
     }
-}
-
-/// Everything the worker and the sub-channels need, once built.
-#[derive(Debug)]
-pub(crate) struct Config {
-    pub(crate) target: String,
-    pub(crate) policy: Policy,
-    pub(crate) backoff: ConnectBackoff,
-    pub(crate) subchannel: Settings,
-    pub(crate) rtt_decay: Duration,
-    pub(crate) seed: Option<u64>,
-    pub(crate) outlier: Option<OutlierDetection>,
 }
 
 impl Builder {
@@ -177,7 +168,7 @@ impl Builder {
 
     /// Connects with TLS. Defaults to plain TCP.
     #[cfg(feature = "tls")]
-    pub fn tls(mut self, tls: crate::tls::TlsConfig) -> Self {
+    pub fn tls(mut self, tls: crate::connect::tls::TlsConfig) -> Self {
         self.tls = Some(tls);
         self
     }
@@ -201,6 +192,14 @@ impl Builder {
     /// Defaults to a seed from the OS.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
+        self
+    }
+
+    /// How [`Policy::PickFirst`] connects: one instance at a time, the next after a failure
+    /// or after [`PickFirstOptions::attempt_delay`], and only to the chosen one unless
+    /// [`PickFirstOptions::keep_warm`]. Defaults to gRFC A61's 250 ms, not kept warm.
+    pub fn pick_first(mut self, options: PickFirstOptions) -> Self {
+        self.pick_first = options;
         self
     }
 
@@ -249,10 +248,17 @@ impl Builder {
         &self,
         resolution: Resolution,
         connector: C,
-    ) -> (Arc<Inner<C::Sender>>, oneshot::Sender<()>) {
-        let config = Arc::new(Config {
+    ) -> (Arc<Published<C::Sender>>, oneshot::Sender<()>) {
+        let control = Arc::new(control::Config {
             target: self.target.clone(),
             policy: self.policy,
+            drain_timeout: self.drain_timeout,
+            health_checked: self.health_check.is_some(),
+            outlier: self.outlier_detection.clone(),
+            pick_first: self.pick_first,
+        });
+        let config = Arc::new(Config {
+            control: control.clone(),
             backoff: self.backoff,
             subchannel: Settings {
                 keepalive: self.keepalive,
@@ -260,19 +266,25 @@ impl Builder {
                 health_check: self.health_check.clone(),
             },
             rtt_decay: self.rtt_decay,
-            seed: self.seed,
-            outlier: self.outlier_detection.clone(),
         });
-        let inner = Arc::new(Inner::new(self.target.clone()));
+        let seed = self.seed.unwrap_or_else(rand::random);
+        let core = Arc::new(std::sync::Mutex::new(Core::new(
+            control,
+            seed,
+            tokio::time::Instant::now().into_std(),
+        )));
+        let published = Arc::new(Published::new(self.target.clone()));
+        published.set_view(core.clone());
         let (close_tx, close_rx) = oneshot::channel();
         let worker = Worker::new(
-            inner.clone(),
+            core,
+            published.clone(),
             Arc::new(connector),
             config,
             resolution.status_watch(),
         );
         let span = tracing::info_span!("balancer", target = %self.target);
         tokio::spawn(worker.run(resolution, close_rx).instrument(span));
-        (inner, close_tx)
+        (published, close_tx)
     }
 }

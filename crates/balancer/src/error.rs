@@ -26,7 +26,7 @@ impl Error {
     }
 
     #[cfg(feature = "tls")]
-    pub(crate) fn tls(e: crate::tls::TlsError) -> Self {
+    pub(crate) fn tls(e: crate::connect::tls::TlsError) -> Self {
         Self {
             kind: Kind::Tls,
             message: "invalid TLS settings".into(),

@@ -43,19 +43,16 @@
 mod backoff;
 mod balancer;
 mod builder;
+mod config;
 mod connect;
+mod control;
 mod error;
-mod health;
-mod inner;
-mod io;
 pub mod metrics;
-mod outlier;
 pub mod picker;
+mod published;
 mod snapshot;
 mod state;
 mod subchannel;
-#[cfg(feature = "tls")]
-mod tls;
 mod worker;
 
 pub use backoff::ConnectBackoff;
@@ -64,11 +61,12 @@ pub use balancer::{
     is_unprocessed,
 };
 pub use builder::Builder;
+#[cfg(feature = "tls")]
+pub use connect::tls::{TlsConfig, TlsError};
+pub use control::{
+    FailurePercentageEjection, OutlierDetection, PickFirstOptions, SuccessRateEjection,
+};
 pub use error::Error;
-pub use health::Health;
-pub use outlier::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
 pub use picker::Policy;
 pub use snapshot::{ChannelSnapshot, SubchannelSnapshot};
-pub use state::ConnectivityState;
-#[cfg(feature = "tls")]
-pub use tls::{TlsConfig, TlsError};
+pub use state::{ConnectivityState, Health};

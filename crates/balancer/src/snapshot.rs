@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
-use crate::health::Health;
 use crate::state::ConnectivityState;
+use crate::state::Health;
 
 /// The state of a balanced channel and of each of its sub-channels.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -102,6 +102,44 @@ impl fmt::Display for ConnectivityState {
     }
 }
 
+/// What the health check says of a sub-channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Health {
+    /// Health checking is off: READY is enough.
+    Unchecked,
+    /// Checking, with no answer yet (or the Watch is being opened again): not picked.
+    Unknown,
+    /// The server says SERVING: picked.
+    Serving,
+    /// The server says anything else, or its Watch failed: not picked.
+    NotServing,
+}
+
+impl Health {
+    /// Whether a READY sub-channel with this health may be picked.
+    #[inline]
+    pub fn is_pickable(self) -> bool {
+        matches!(self, Self::Unchecked | Self::Serving)
+    }
+
+    /// Its name: `UNCHECKED`, `UNKNOWN`, `SERVING`, `NOT_SERVING`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unchecked => "UNCHECKED",
+            Self::Unknown => "UNKNOWN",
+            Self::Serving => "SERVING",
+            Self::NotServing => "NOT_SERVING",
+        }
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::ConnectivityState::{self, *};

@@ -1,6 +1,7 @@
 //! The sub-channel state machine on paused time, with a scripted connector.
 
 use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicUsize;
 
 use rand::SeedableRng;
@@ -87,6 +88,10 @@ struct Harness {
     drain: watch::Sender<Order>,
     start: Instant,
     seed: u64,
+    /// The last error reported.
+    last_error: Option<String>,
+    /// CONNECTING reports so far: connection attempts.
+    connects: u64,
 }
 
 fn start(script: Script, keepalive: Option<Duration>, drain_timeout: Duration) -> Harness {
@@ -123,14 +128,8 @@ fn start(script: Script, keepalive: Option<Duration>, drain_timeout: Duration) -
         drain,
         start: Instant::now(),
         seed,
-    }
-}
-
-/// The state an event reports; health is not checked here.
-fn state_of(event: &Event<()>) -> ConnectivityState {
-    match event {
-        Event::State { state, .. } => *state,
-        Event::Health { .. } => panic!("no health checking here: {event:?}"),
+        last_error: None,
+        connects: 0,
     }
 }
 
@@ -146,7 +145,16 @@ impl Harness {
             .recv()
             .await
             .expect("the driver reports until SHUTDOWN");
-        (state_of(&event), Instant::now() - self.start)
+        let Report::State { state, error, .. } = event.report else {
+            panic!("no health checking here: {event:?}");
+        };
+        if state == Connecting {
+            self.connects += 1;
+        }
+        if error.is_some() {
+            self.last_error = error;
+        }
+        (state, Instant::now() - self.start)
     }
 
     /// The backoff delays (`retry_at - start of attempt`) that the spec gives for `n` attempts.
@@ -214,11 +222,8 @@ async fn failed_attempts_follow_the_backoff_and_the_time_they_took() {
         );
     }
     assert_eq!(attempts[1] - h.start, Duration::from_secs(1));
-    assert_eq!(
-        h.shared.info().last_error.as_deref(),
-        Some("connection refused")
-    );
-    assert_eq!(h.shared.info().connects, 6);
+    assert_eq!(h.last_error.as_deref(), Some("connection refused"));
+    assert_eq!(h.connects, 6);
 }
 
 #[tokio::test(start_paused = true)]
@@ -232,7 +237,7 @@ async fn an_attempt_that_hangs_times_out_after_the_min_connect_timeout() {
     // The backoff (1 s) is long over: the next attempt starts at once.
     assert_eq!(h.next().await, (Connecting, Duration::from_secs(20)));
     assert_eq!(h.next().await, (TransientFailure, Duration::from_secs(40)));
-    let error = h.shared.info().last_error.unwrap_or_default();
+    let error = h.last_error.clone().unwrap_or_default();
     assert!(error.contains("timed out after 20s"), "{error}");
 }
 
@@ -322,7 +327,7 @@ async fn a_drain_waits_for_calls_in_flight_then_closes() {
     let mut h = ready(Duration::from_secs(30)).await;
     h.shared.call_started();
     h.shared.call_started();
-    h.drain.send(Order::DRAIN).ok();
+    h.drain.send(Order::Drain { by: None }).ok();
     tokio::time::sleep(Duration::from_secs(3)).await;
     h.shared.call_ended(Some((tonic::Code::Ok, Duration::ZERO)));
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -335,8 +340,6 @@ async fn a_drain_waits_for_calls_in_flight_then_closes() {
         .call_ended(Some((tonic::Code::Internal, Duration::ZERO)));
     assert_eq!(h.next().await, (Shutdown, Duration::from_secs(5)));
     assert_eq!(h.script.aborts.load(Ordering::SeqCst), 1);
-    let info = h.shared.info();
-    assert_eq!(info.state, Shutdown);
     assert_eq!(h.shared.succeeded.load(Ordering::Relaxed), 1);
     assert_eq!(h.shared.failed.load(Ordering::Relaxed), 1);
 }
@@ -345,7 +348,7 @@ async fn a_drain_waits_for_calls_in_flight_then_closes() {
 async fn a_drain_gives_up_after_the_drain_timeout() {
     let mut h = ready(Duration::from_secs(30)).await;
     h.shared.call_started();
-    h.drain.send(Order::DRAIN).ok();
+    h.drain.send(Order::Drain { by: None }).ok();
     assert_eq!(h.next().await, (Shutdown, Duration::from_secs(30)));
     assert_eq!(h.script.aborts.load(Ordering::SeqCst), 1);
 }
@@ -358,12 +361,9 @@ async fn a_drain_while_in_backoff_shuts_down_at_once() {
     assert_eq!(h.next().await.0, Connecting);
     assert_eq!(h.next().await.0, TransientFailure);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    drop(h.drain);
-    let (state, at) = {
-        let event = h.events.recv().await.expect("event");
-        (state_of(&event), Instant::now() - h.start)
-    };
-    assert_eq!((state, at), (Shutdown, Duration::from_millis(500)));
+    let (tx, _) = watch::channel(Order::Run);
+    drop(std::mem::replace(&mut h.drain, tx));
+    assert_eq!(h.next().await, (Shutdown, Duration::from_millis(500)));
     assert!(h.events.recv().await.is_none(), "nothing after SHUTDOWN");
 }
 
@@ -379,7 +379,7 @@ async fn a_retired_connection_that_is_lost_never_connects_again() {
     assert_eq!(h.next().await.0, Connecting);
     assert_eq!(h.next().await.0, READY);
     let by = Instant::now() + Duration::from_secs(30);
-    h.drain.send(Order::Retire { by }).ok();
+    h.drain.send(Order::Retire { by: by.into_std() }).ok();
     tokio::time::sleep(Duration::from_secs(2)).await;
     close.send(Closed::Error("connection reset".into())).ok();
     assert_eq!(h.next().await, (Shutdown, Duration::from_secs(2)));
@@ -396,7 +396,7 @@ async fn a_retired_connection_closes_by_its_deadline_with_calls_in_flight() {
     let mut h = ready(Duration::from_secs(30)).await;
     h.shared.call_started();
     let by = Instant::now() + Duration::from_secs(5);
-    h.drain.send(Order::Retire { by }).ok();
+    h.drain.send(Order::Retire { by: by.into_std() }).ok();
     // It serves until its deadline (5 s), not for the drain timeout (30 s) after it.
     assert_eq!(h.next().await, (Shutdown, Duration::from_secs(5)));
     assert_eq!(h.script.aborts.load(Ordering::SeqCst), 1);
@@ -409,7 +409,7 @@ async fn a_drain_of_a_retired_connection_keeps_its_deadline() {
     h.shared.call_started();
     h.drain
         .send(Order::Retire {
-            by: Instant::now() + Duration::from_secs(5),
+            by: (Instant::now() + Duration::from_secs(5)).into_std(),
         })
         .ok();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -417,7 +417,7 @@ async fn a_drain_of_a_retired_connection_keeps_its_deadline() {
     // gets what is left of the retirement, not a whole drain timeout.
     h.drain
         .send(Order::Drain {
-            by: Some(h.start + Duration::from_secs(5)),
+            by: Some((h.start + Duration::from_secs(5)).into_std()),
         })
         .ok();
     assert_eq!(h.next().await, (Shutdown, Duration::from_secs(5)));
@@ -433,9 +433,64 @@ async fn a_retirement_during_backoff_shuts_down_at_once() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     h.drain
         .send(Order::Retire {
-            by: Instant::now() + Duration::from_secs(30),
+            by: (Instant::now() + Duration::from_secs(30)).into_std(),
         })
         .ok();
     assert_eq!(h.next().await, (Shutdown, Duration::from_millis(300)));
     assert_eq!(h.script.attempts().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_order_closes_a_ready_connection_after_its_calls_and_run_connects_again() {
+    let script = Script::default();
+    let (_, closed) = oneshot::channel();
+    script.push(Outcome::Connect(closed));
+    let (_, closed) = oneshot::channel();
+    script.push(Outcome::Connect(closed));
+    let mut h = start(script, None, Duration::from_secs(30));
+    assert_eq!(h.next().await.0, Connecting);
+    assert_eq!(h.next().await.0, READY);
+    h.shared.call_started();
+    h.drain.send(Order::Idle).ok();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        h.script.aborts.load(Ordering::SeqCst),
+        0,
+        "a call in flight"
+    );
+    h.shared.call_ended(Some((tonic::Code::Ok, Duration::ZERO)));
+    assert_eq!(h.next().await, (Idle, Duration::from_secs(2)));
+    assert_eq!(h.script.aborts.load(Ordering::SeqCst), 1);
+    // Idle for as long as it is told: no attempt.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(h.script.attempts().len(), 1);
+    h.drain.send(Order::Run).ok();
+    assert_eq!(h.next().await, (Connecting, Duration::from_secs(62)));
+    assert_eq!(h.next().await, (READY, Duration::from_secs(62)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_order_stops_an_attempt_and_a_failed_one_stays_failed() {
+    let script = Script::default();
+    script.push(Outcome::Hang);
+    script.push(Outcome::Fail(Duration::ZERO));
+    script.push(Outcome::Hang);
+    let mut h = start(script, None, Duration::from_secs(30));
+    assert_eq!(h.next().await.0, Connecting);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.drain.send(Order::Idle).ok();
+    assert_eq!(h.next().await, (Idle, Duration::from_secs(1)));
+    h.drain.send(Order::Run).ok();
+    assert_eq!(h.next().await, (Connecting, Duration::from_secs(1)));
+    assert_eq!(h.next().await, (TransientFailure, Duration::from_secs(1)));
+    // Idled while in backoff: it stays TRANSIENT_FAILURE (there is no TRANSIENT_FAILURE →
+    // IDLE) and makes no attempt until told to run.
+    h.drain.send(Order::Idle).ok();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(h.script.attempts().len(), 2);
+    assert!(h.events.try_recv().is_err(), "nothing reported while idle");
+    h.drain.send(Order::Run).ok();
+    assert_eq!(h.next().await, (Connecting, Duration::from_secs(61)));
+    h.drain.send(Order::Drain { by: None }).ok();
+    assert_eq!(h.next().await, (Shutdown, Duration::from_secs(61)));
 }

@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
+use std::time::Instant;
 
 /// Outlier detection settings (gRFC A50), with A50's defaults.
 #[derive(Clone, Debug, PartialEq)]
@@ -147,6 +147,11 @@ pub(crate) struct Tracker {
 impl Tracker {
     pub(crate) fn is_ejected(&self) -> bool {
         self.ejected_at.is_some()
+    }
+
+    /// When it was ejected, while it is.
+    pub(crate) fn ejected_at(&self) -> Option<Instant> {
+        self.ejected_at
     }
 }
 

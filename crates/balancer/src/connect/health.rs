@@ -19,7 +19,6 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use serde::Serialize;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
@@ -29,44 +28,7 @@ use tracing::{debug, warn};
 
 use crate::backoff::{Backoff, ConnectBackoff};
 use crate::connect::Sender;
-
-/// What the health check says of a sub-channel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Health {
-    /// Health checking is off: READY is enough.
-    Unchecked,
-    /// Checking, with no answer yet (or the Watch is being opened again): not picked.
-    Unknown,
-    /// The server says SERVING: picked.
-    Serving,
-    /// The server says anything else, or its Watch failed: not picked.
-    NotServing,
-}
-
-impl Health {
-    /// Whether a READY sub-channel with this health may be picked.
-    #[inline]
-    pub fn is_pickable(self) -> bool {
-        matches!(self, Self::Unchecked | Self::Serving)
-    }
-
-    /// Its name: `UNCHECKED`, `UNKNOWN`, `SERVING`, `NOT_SERVING`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Unchecked => "UNCHECKED",
-            Self::Unknown => "UNKNOWN",
-            Self::Serving => "SERVING",
-            Self::NotServing => "NOT_SERVING",
-        }
-    }
-}
-
-impl std::fmt::Display for Health {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::state::Health;
 
 /// One message of a Watch stream, or how it ended.
 pub(crate) type WatchItem = Result<ServingStatus, Status>;
@@ -176,7 +138,7 @@ impl tower_service::Service<Request<tonic::body::Body>> for OneConnection {
 
     fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
-        if let Ok(uri) = crate::balancer::with_origin(&parts.uri, &self.scheme, &self.authority) {
+        if let Ok(uri) = crate::connect::with_origin(&parts.uri, &self.scheme, &self.authority) {
             parts.uri = uri;
         }
         let send = self.sender.send_request(Request::from_parts(parts, body));

@@ -28,203 +28,44 @@
 //!
 //! [`ConnectBackoff`]: crate::ConnectBackoff
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use http::uri::Authority;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, trace};
 
 use crate::backoff::Backoff;
 use crate::connect::{Closed, Connection, Connector};
-use crate::health::Health;
-use crate::metrics::SubMetrics;
-use crate::picker::{Endpoint, PeakEwma};
-use crate::state::ConnectivityState;
+use crate::control::Order;
+use crate::state::{ConnectivityState, Health};
 
-/// What every part of the balancer knows about one sub-channel: its identity, counters and
-/// state. The counters are updated on the call path with relaxed atomics.
+mod shared;
+
+pub(crate) use shared::{Ready, ReadyConn, Shared};
+
+/// What a sub-channel's task reports to the control core.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct Event<S> {
     pub(crate) id: u64,
-    pub(crate) key: String,
-    pub(crate) addr: String,
-    pub(crate) weight: AtomicU32,
-    pub(crate) started: AtomicU64,
-    pub(crate) succeeded: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) in_flight: AtomicU64,
-    pub(crate) rtt: PeakEwma,
-    pub(crate) metrics: SubMetrics,
-    /// Ejected by outlier detection.
-    pub(crate) ejected: AtomicBool,
-    draining: AtomicBool,
-    idle: Notify,
-    pub(crate) info: Mutex<Info>,
+    pub(crate) key: Arc<str>,
+    pub(crate) report: Report<S>,
 }
 
-/// The slowly changing part of a sub-channel, for introspection.
-#[derive(Clone, Debug)]
-pub(crate) struct Info {
-    pub(crate) state: ConnectivityState,
-    pub(crate) since: SystemTime,
-    pub(crate) last_error: Option<String>,
-    pub(crate) connects: u64,
-    pub(crate) health: Health,
-}
-
-impl Shared {
-    pub(crate) fn new(
-        id: u64,
-        target: &str,
-        key: String,
-        addr: String,
-        weight: u32,
-        rtt_decay: Duration,
-    ) -> Self {
-        Self {
-            metrics: SubMetrics::new(target, &addr),
-            id,
-            key,
-            addr,
-            weight: AtomicU32::new(weight.max(1)),
-            started: AtomicU64::new(0),
-            succeeded: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            rtt: PeakEwma::new(rtt_decay),
-            ejected: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-            idle: Notify::new(),
-            info: Mutex::new(Info {
-                state: ConnectivityState::Idle,
-                since: SystemTime::now(),
-                last_error: None,
-                connects: 0,
-                health: Health::Unchecked,
-            }),
-        }
-    }
-
-    pub(crate) fn info(&self) -> Info {
-        self.info
-            .lock()
-            .map(|i| i.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
-    }
-
-    pub(crate) fn update_info(&self, f: impl FnOnce(&mut Info)) {
-        let mut info = self.info.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut info);
-    }
-
-    /// One more RPC in flight.
-    #[inline]
-    pub(crate) fn call_started(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.started.fetch_add(1, Ordering::Relaxed);
-        self.metrics.picked();
-    }
-
-    /// An RPC is done: with its status code and how long it took, or `None` if it was never
-    /// sent (it does not count then).
-    #[inline]
-    pub(crate) fn call_ended(&self, result: Option<(tonic::Code, Duration)>) {
-        match result {
-            Some((code, took)) => {
-                if code == tonic::Code::Ok {
-                    self.succeeded.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    self.failed.fetch_add(1, Ordering::Relaxed);
-                }
-                self.metrics.ended(code, took);
-            }
-            None => {
-                self.started.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
-            && self.draining.load(Ordering::Acquire)
-        {
-            self.idle.notify_one();
-        }
-    }
-}
-
-/// A READY connection of a sub-channel, as pickers see it.
+/// One report of a sub-channel's task.
 #[derive(Debug)]
-pub(crate) struct ReadyConn<S> {
-    pub(crate) sub: Arc<Shared>,
-    pub(crate) sender: S,
-    pub(crate) authority: Authority,
-}
-
-/// A cheap handle on a READY connection: what picker snapshots hold.
-#[derive(Debug)]
-pub(crate) struct Ready<S>(pub(crate) Arc<ReadyConn<S>>);
-
-impl<S> Clone for Ready<S> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<S: Send + Sync> Endpoint for Ready<S> {
-    #[inline]
-    fn in_flight(&self) -> u64 {
-        self.0.sub.in_flight.load(Ordering::Relaxed)
-    }
-
-    #[inline]
-    fn weight(&self) -> u32 {
-        self.0.sub.weight.load(Ordering::Relaxed)
-    }
-
-    #[inline]
-    fn rtt_estimate(&self, now: std::time::Instant) -> Option<f64> {
-        self.0.sub.rtt.estimate(now)
-    }
-}
-
-/// What a sub-channel reports to the balancer.
-#[derive(Debug)]
-pub(crate) enum Event<S> {
-    /// A state change.
+pub(crate) enum Report<S> {
+    /// A state change; `ready` is the connection when `state` is READY, `error` why an
+    /// attempt failed or a connection ended.
     State {
-        id: u64,
         state: ConnectivityState,
-        /// The connection, when `state` is READY.
         ready: Option<Ready<S>>,
+        error: Option<String>,
     },
-    /// A change of health of its READY connection.
-    Health { id: u64, health: Health },
-}
-
-impl<S> Event<S> {
-    pub(crate) fn id(&self) -> u64 {
-        match self {
-            Self::State { id, .. } | Self::Health { id, .. } => *id,
-        }
-    }
-}
-
-/// What the balancer wants of a sub-channel's task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Order {
-    /// Keep connected.
-    Run,
-    /// Serve on the READY connection at most until `by`, then close; never connect again.
-    Retire { by: Instant },
-    /// Take no new RPC, let those in flight finish (within the drain timeout, or by the
-    /// deadline of a retirement that came before), close.
-    Drain { by: Option<Instant> },
-}
-
-impl Order {
-    /// A drain with no deadline but the drain timeout.
-    pub(crate) const DRAIN: Self = Self::Drain { by: None };
+    /// A change of health of its READY connection, and why when it is not SERVING.
+    Health { health: Health, why: Option<String> },
 }
 
 /// Settings of a sub-channel's task.
@@ -236,24 +77,29 @@ pub(crate) struct Settings {
     pub(crate) health_check: Option<String>,
 }
 
-/// The task that keeps one sub-channel connected until it is told to drain.
+/// The task that keeps one sub-channel connected as the control core orders.
 pub(crate) struct Driver<C: Connector> {
     shared: Arc<Shared>,
     connector: Arc<C>,
     authority: Authority,
     events: mpsc::UnboundedSender<Event<C::Sender>>,
-    drain: watch::Receiver<Order>,
+    orders: watch::Receiver<Order>,
     backoff: Backoff,
     keepalive: Option<Duration>,
     drain_timeout: Duration,
     health_check: Option<String>,
-    state: ConnectivityState,
+    /// The state it last reported: where its own state machine is.
+    reported: ConnectivityState,
+    /// Connection attempts made.
+    attempts: u64,
 }
 
 /// How a READY connection ended.
 enum Served {
+    /// Lost: by a GOAWAY, an error or a keepalive timeout.
     Closed(Closed),
-    Drained,
+    /// Closed as ordered, after its RPCs in flight: drained (SHUTDOWN) or idled (IDLE).
+    Ordered,
 }
 
 impl<C: Connector> Driver<C> {
@@ -263,7 +109,7 @@ impl<C: Connector> Driver<C> {
         connector: Arc<C>,
         authority: Authority,
         events: mpsc::UnboundedSender<Event<C::Sender>>,
-        drain: watch::Receiver<Order>,
+        orders: watch::Receiver<Order>,
         backoff: Backoff,
         settings: Settings,
     ) -> Self {
@@ -272,44 +118,61 @@ impl<C: Connector> Driver<C> {
             connector,
             authority,
             events,
-            drain,
+            orders,
             backoff,
             keepalive: settings.keepalive,
             drain_timeout: settings.drain_timeout,
             health_check: settings.health_check,
-            state: ConnectivityState::Idle,
+            reported: ConnectivityState::Idle,
+            attempts: 0,
         }
     }
 
     /// Runs the state machine until the sub-channel is drained and SHUTDOWN.
     pub(crate) async fn run(mut self) {
         loop {
-            if self.retired() {
-                debug!(addr = %self.shared.addr, "retired: not connecting again");
-                return self.shutdown();
+            match self.order() {
+                Order::Run => {}
+                Order::Idle => {
+                    if !self.idle().await {
+                        return self.shutdown();
+                    }
+                    continue;
+                }
+                Order::Retire { .. } => {
+                    debug!(addr = %self.shared.addr, "retired: not connecting again");
+                    return self.shutdown();
+                }
+                Order::Drain { .. } => return self.shutdown(),
             }
             let started = Instant::now();
             let attempt = self.backoff.attempt(started);
             self.transition(ConnectivityState::Connecting, None, None);
-            let attempts = {
-                let mut info = self.shared.info.lock().unwrap_or_else(|e| e.into_inner());
-                info.connects += 1;
-                info.connects
-            };
-            if attempts > 1 {
+            self.attempts += 1;
+            if self.attempts > 1 {
                 self.shared.metrics.reconnect();
             }
             let connecting = self.connector.connect(&self.shared.addr, self.keepalive);
             let result = tokio::select! {
                 r = tokio::time::timeout_at(attempt.connect_deadline, connecting) => r,
-                () = stop_connecting(&mut self.drain) => return self.shutdown(),
+                () = stop_connecting(&mut self.orders) => {
+                    // Told to stay idle: the attempt is dropped. Otherwise: SHUTDOWN.
+                    if self.order() == Order::Idle {
+                        self.transition(ConnectivityState::Idle, None, None);
+                        continue;
+                    }
+                    return self.shutdown();
+                }
             };
             let error = match result {
                 Ok(Ok(conn)) => {
                     let ready_at = Instant::now();
                     self.backoff.reset();
                     match self.serve(conn).await {
-                        Served::Drained => return,
+                        Served::Ordered => match self.order() {
+                            Order::Idle | Order::Run => continue,
+                            Order::Retire { .. } | Order::Drain { .. } => return,
+                        },
                         Served::Closed(_) if self.retired() => {
                             debug!(addr = %self.shared.addr, "retired connection lost: not reconnecting");
                             return self.shutdown();
@@ -366,7 +229,21 @@ impl<C: Connector> Driver<C> {
         }
     }
 
-    /// READY: hands the connection to the balancer and waits for its end or for a drain.
+    /// Told to stay idle: waits for the next order. False if it is to shut down.
+    async fn idle(&mut self) -> bool {
+        // A failed sub-channel stays TRANSIENT_FAILURE (gRPC has no TRANSIENT_FAILURE → IDLE);
+        // any other becomes IDLE.
+        if matches!(self.reported, ConnectivityState::Connecting) {
+            self.transition(ConnectivityState::Idle, None, None);
+        }
+        let order = match self.orders.wait_for(|o| *o != Order::Idle).await {
+            Ok(order) => *order,
+            Err(_) => return false,
+        };
+        order == Order::Run
+    }
+
+    /// READY: hands the connection to the core and waits for its end or for an order.
     async fn serve(&mut self, conn: Connection<C::Sender>) -> Served {
         let Connection {
             sender,
@@ -383,21 +260,27 @@ impl<C: Connector> Driver<C> {
         self.transition(ConnectivityState::Ready, None, Some(ready));
         let how = tokio::select! {
             biased;
-            () = stop_serving(&mut self.drain) => None,
+            () = stop_serving(&mut self.orders) => None,
             how = &mut closed => Some(how),
             never = &mut health => match never {},
         };
         match how {
-            // Dropping the balancer's senders on removal also ends the dispatch: that is a
-            // drain, not a lost connection.
-            Some(how) if !self.drain_is_requested() && !self.retirement_is_over() => {
+            // Dropping the core's senders on removal also ends the dispatch: that is a drain,
+            // not a lost connection.
+            Some(how) if !self.stop_is_ordered() && !self.retirement_is_over() => {
                 Served::Closed(how)
             }
             _ => {
                 self.drain_in_flight(&mut closed).await;
                 abort();
-                self.shutdown();
-                Served::Drained
+                if self.order() == Order::Idle {
+                    debug!(addr = %self.shared.addr, "idled: connection closed");
+                    self.shared.draining.store(false, Ordering::Release);
+                    self.transition(ConnectivityState::Idle, None, None);
+                } else {
+                    self.shutdown();
+                }
+                Served::Ordered
             }
         }
     }
@@ -424,46 +307,47 @@ impl<C: Connector> Driver<C> {
             else {
                 return std::future::pending().await;
             };
-            shared.update_info(|i| i.health = Health::Unknown);
             let addr = shared.addr.clone();
-            crate::health::run(
+            let mut last = Health::Unknown;
+            crate::connect::health::run(
                 || connector.watch_health(&sender, &authority, &service),
                 backoff,
                 &addr,
                 |health, why| {
-                    let changed = {
-                        let mut info = shared.info.lock().unwrap_or_else(|e| e.into_inner());
-                        let changed = info.health != health;
-                        info.health = health;
-                        if let Some(why) = why {
-                            info.last_error = Some(why);
-                        }
-                        changed
-                    };
-                    if changed {
-                        debug!(addr = %shared.addr, %health, "sub-channel health");
-                        shared.metrics.health(health.as_str());
-                        let _ = events.send(Event::Health {
-                            id: shared.id,
-                            health,
-                        });
+                    if health == last {
+                        return;
                     }
+                    last = health;
+                    debug!(addr = %shared.addr, %health, "sub-channel health");
+                    shared.metrics.health(health.as_str());
+                    let _ = events.send(Event {
+                        id: shared.id,
+                        key: shared.key.clone(),
+                        report: Report::Health { health, why },
+                    });
                 },
             )
             .await
         }
     }
 
-    fn drain_is_requested(&self) -> bool {
-        matches!(*self.drain.borrow(), Order::Drain { .. }) || self.drain.has_changed().is_err()
+    fn order(&self) -> Order {
+        *self.orders.borrow()
+    }
+
+    /// Whether the connection is to close: a drain or an idle order, or whoever could give
+    /// orders is gone.
+    fn stop_is_ordered(&self) -> bool {
+        matches!(self.order(), Order::Drain { .. } | Order::Idle)
+            || self.orders.has_changed().is_err()
     }
 
     fn retired(&self) -> bool {
-        matches!(*self.drain.borrow(), Order::Retire { .. })
+        matches!(self.order(), Order::Retire { .. })
     }
 
     fn retirement_is_over(&self) -> bool {
-        matches!(*self.drain.borrow(), Order::Retire { by } if Instant::now() >= by)
+        matches!(self.order(), Order::Retire { by } if Instant::now() >= Instant::from_std(by))
     }
 
     /// Waits until no RPC is in flight on this sub-channel, or the drain timeout passed.
@@ -475,10 +359,12 @@ impl<C: Connector> Driver<C> {
         let shared = &self.shared;
         shared.draining.store(true, Ordering::Release);
         let timeout = Instant::now() + self.drain_timeout;
-        let deadline = match *self.drain.borrow() {
+        let deadline = match self.order() {
             // A retired connection closes by its deadline, whoever asks it to drain.
-            Order::Retire { by } | Order::Drain { by: Some(by) } => by.min(timeout),
-            Order::Run | Order::Drain { by: None } => timeout,
+            Order::Retire { by } | Order::Drain { by: Some(by) } => {
+                Instant::from_std(by).min(timeout)
+            }
+            Order::Idle | Order::Run | Order::Drain { by: None } => timeout,
         };
         let mut dispatch_done = false;
         loop {
@@ -504,11 +390,12 @@ impl<C: Connector> Driver<C> {
         }
     }
 
-    /// Sleeps until `at`; false if a drain or a retirement was ordered meanwhile.
+    /// Sleeps until `at`; false if it is to shut down meanwhile. An order to stay idle cuts
+    /// the wait short: the next turn of the loop waits for the order to connect.
     async fn wait_until(&mut self, at: Instant) -> bool {
         tokio::select! {
             () = tokio::time::sleep_until(at) => true,
-            () = stop_connecting(&mut self.drain) => false,
+            () = stop_connecting(&mut self.orders) => self.order() == Order::Idle,
         }
     }
 
@@ -522,12 +409,9 @@ impl<C: Connector> Driver<C> {
         error: Option<String>,
         ready: Option<Ready<C::Sender>>,
     ) {
-        let from = self.state;
+        let from = self.reported;
         debug_assert!(from.can_become(next), "{from} -> {next}");
-        if !from.can_become(next) {
-            tracing::error!(addr = %self.shared.addr, %from, %next, "invalid state transition");
-        }
-        self.state = next;
+        self.reported = next;
         match (&error, next) {
             (Some(e), _) => {
                 debug!(addr = %self.shared.addr, %from, %next, error = %e, "sub-channel state")
@@ -537,47 +421,36 @@ impl<C: Connector> Driver<C> {
             }
             (None, _) => trace!(addr = %self.shared.addr, %from, %next, "sub-channel state"),
         }
-        let checking = self.health_check.is_some();
         if from != next {
             self.shared.metrics.transition(next.as_str());
         }
-        self.shared.update_info(|i| {
-            if i.state != next {
-                i.since = SystemTime::now();
-            }
-            i.state = next;
-            i.health = match (checking, next) {
-                (false, _) => Health::Unchecked,
-                (true, ConnectivityState::Ready) => i.health,
-                (true, _) => Health::Unknown,
-            };
-            if let Some(e) = error {
-                i.last_error = Some(e);
-            }
-        });
-        let _ = self.events.send(Event::State {
+        let _ = self.events.send(Event {
             id: self.shared.id,
-            state: next,
-            ready,
+            key: self.shared.key.clone(),
+            report: Report::State {
+                state: next,
+                ready,
+                error,
+            },
         });
     }
 }
 
-/// Resolves once the task must stop connecting: a drain or a retirement is ordered (or whoever
-/// could order one is gone).
+/// Resolves once the task must stop connecting: any order but `Run` (or whoever could order
+/// is gone).
 async fn stop_connecting(orders: &mut watch::Receiver<Order>) {
     let _ = orders.wait_for(|o| *o != Order::Run).await;
 }
 
-/// Resolves once a READY connection must stop serving: a drain is ordered, a retirement's
-/// deadline has passed, or whoever could order a drain is gone.
+/// Resolves once a READY connection must stop serving: a drain or an idle order, a
+/// retirement's deadline passed, or whoever could order is gone.
 async fn stop_serving(orders: &mut watch::Receiver<Order>) {
     loop {
         let order = *orders.borrow_and_update();
         match order {
-            Order::Drain { .. } => return,
+            Order::Drain { .. } | Order::Idle => return,
             Order::Retire { by } => tokio::select! {
-                () = tokio::time::sleep_until(by) => return,
+                () = tokio::time::sleep_until(Instant::from_std(by)) => return,
                 changed = orders.changed() => if changed.is_err() { return },
             },
             Order::Run => {

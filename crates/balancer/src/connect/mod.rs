@@ -14,7 +14,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::io::{SettingsWatch, Stream};
+use crate::connect::io::{SettingsWatch, Stream};
+
+pub(crate) mod health;
+pub(crate) mod io;
+#[cfg(feature = "tls")]
+pub(crate) mod tls;
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -60,7 +65,7 @@ pub(crate) trait Connector: Send + Sync + 'static {
         sender: &Self::Sender,
         authority: &Authority,
         service: &str,
-    ) -> crate::health::WatchStream {
+    ) -> crate::connect::health::WatchStream {
         let _ = (sender, authority, service);
         Box::pin(futures_util::stream::iter([Err(
             tonic::Status::unimplemented("no health service"),
@@ -77,7 +82,7 @@ pub(crate) struct ConnectOptions {
     pub(crate) initial_stream_window: Option<u32>,
     pub(crate) initial_connection_window: Option<u32>,
     #[cfg(feature = "tls")]
-    pub(crate) tls: Option<crate::tls::Tls>,
+    pub(crate) tls: Option<crate::connect::tls::Tls>,
 }
 
 /// Connects over TCP (and TLS) and speaks HTTP/2 with hyper.
@@ -124,8 +129,8 @@ impl Connector for HttpConnector {
         sender: &Sender,
         authority: &Authority,
         service: &str,
-    ) -> crate::health::WatchStream {
-        crate::health::watch(sender, self.scheme(), authority, service)
+    ) -> crate::connect::health::WatchStream {
+        crate::connect::health::watch(sender, self.scheme(), authority, service)
     }
 }
 
@@ -290,4 +295,21 @@ pub(crate) fn chain(e: &(dyn StdError + 'static)) -> String {
 pub(crate) fn authority(addr: &str) -> Result<Authority, String> {
     addr.parse::<Authority>()
         .map_err(|e| format!("{addr:?} is not a valid authority: {e}"))
+}
+
+/// `uri`'s path and query, sent to `scheme://authority`.
+pub(crate) fn with_origin(
+    uri: &http::Uri,
+    scheme: &Scheme,
+    authority: &http::uri::Authority,
+) -> Result<http::Uri, http::uri::InvalidUriParts> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme.clone());
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    http::Uri::from_parts(parts)
 }
