@@ -86,6 +86,7 @@ use std::time::Instant;
 pub mod ewma;
 pub mod p2c;
 pub mod pick_first;
+pub mod ring_hash;
 mod rng;
 pub mod round_robin;
 pub mod weighted;
@@ -96,6 +97,7 @@ mod tests;
 pub use ewma::PeakEwma;
 pub use p2c::P2c;
 pub use pick_first::PickFirst;
+pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
 pub use weighted::WeightedRoundRobin;
 
