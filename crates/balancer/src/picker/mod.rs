@@ -84,6 +84,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 pub mod ewma;
+pub mod least_request;
 pub mod p2c;
 pub mod pick_first;
 pub mod ring_hash;
@@ -95,6 +96,7 @@ pub mod weighted;
 mod tests;
 
 pub use ewma::PeakEwma;
+pub use least_request::LeastRequest;
 pub use p2c::P2c;
 pub use pick_first::PickFirst;
 pub use ring_hash::RingHash;
