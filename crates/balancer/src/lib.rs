@@ -54,6 +54,7 @@ pub mod picker;
 mod snapshot;
 mod state;
 mod subchannel;
+pub mod subset;
 #[cfg(feature = "tls")]
 mod tls;
 mod worker;
