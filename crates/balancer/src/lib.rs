@@ -53,6 +53,7 @@ mod published;
 mod snapshot;
 mod state;
 mod subchannel;
+pub mod subset;
 mod worker;
 
 pub use backoff::ConnectBackoff;

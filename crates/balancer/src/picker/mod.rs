@@ -84,8 +84,10 @@ use std::str::FromStr;
 use std::time::Instant;
 
 pub mod ewma;
+pub mod least_request;
 pub mod p2c;
 pub mod pick_first;
+pub mod ring_hash;
 mod rng;
 pub mod round_robin;
 pub mod weighted;
@@ -94,8 +96,10 @@ pub mod weighted;
 mod tests;
 
 pub use ewma::PeakEwma;
+pub use least_request::LeastRequest;
 pub use p2c::P2c;
 pub use pick_first::PickFirst;
+pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
 pub use weighted::WeightedRoundRobin;
 
