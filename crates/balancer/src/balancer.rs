@@ -20,7 +20,7 @@ use tracing::{Instrument, Span};
 use crate::builder::Builder;
 use crate::connect::{Sender, chain, with_origin};
 use crate::control::Snapshot;
-use crate::picker::{Pick, Picker};
+use crate::picker::{Pick, PickRequest, Picker, RequestHash, ring_hash};
 use crate::published::Published;
 use crate::snapshot::ChannelSnapshot;
 use crate::state::ConnectivityState;
@@ -59,6 +59,8 @@ pub(crate) struct Handle {
     pub(crate) scheme: Scheme,
     pub(crate) wait_for_ready: bool,
     pub(crate) track_rtt: bool,
+    /// The metadata entry whose value `ring_hash` hashes, if any.
+    pub(crate) hash_header: Option<http::HeaderName>,
     /// Dropped with the last handle: stops the worker.
     pub(crate) _close: tokio::sync::oneshot::Sender<()>,
 }
@@ -155,6 +157,19 @@ impl Balancer {
             // Peak-EWMA reads the clock once: for the pick and for the latency sample.
             let now = handle.track_rtt.then(std::time::Instant::now);
             let picked = match &**inner.load() {
+                Snapshot::Pick(picker) if picker.reads_request() => {
+                    let request = PickRequest {
+                        path: request.uri().path(),
+                        headers: request.headers(),
+                        hash: request_hash(&request, handle.hash_header.as_ref()),
+                        now: now.unwrap_or_else(std::time::Instant::now),
+                    };
+                    match picker.pick_for(&request) {
+                        Pick::Ready(ready) => Ok(ready.clone()),
+                        Pick::Queue => Err(None),
+                        Pick::Fail(status) => Err(Some(status)),
+                    }
+                }
                 Snapshot::Pick(picker) => {
                     match now.map_or_else(|| picker.pick(), |now| picker.pick_at(now)) {
                         Pick::Ready(ready) => Ok(ready.clone()),
@@ -208,6 +223,16 @@ impl Balancer {
             }
         }
     }
+}
+
+/// The hash `ring_hash` routes `request` by: its [`RequestHash`] extension, else the hash of
+/// the `header` entry's value (gRFC A76's `request_hash_header`), else none.
+fn request_hash<B>(request: &Request<B>, header: Option<&http::HeaderName>) -> Option<u64> {
+    if let Some(hash) = request.extensions().get::<RequestHash>() {
+        return Some(hash.0);
+    }
+    let value = request.headers().get(header?)?;
+    Some(ring_hash::hash_key(value.as_bytes()))
 }
 
 // Returned by value once per attempt, like the response it stands for: no need to box.

@@ -11,9 +11,9 @@ use crate::backoff::ConnectBackoff;
 use crate::balancer::{Balancer, Handle};
 use crate::config::Config;
 use crate::connect::{ConnectOptions, HttpConnector};
-use crate::control::{self, Core, OutlierDetection, PickFirstOptions};
+use crate::control::{self, Core, CustomPolicy, Locality, OutlierDetection, PickFirstOptions};
 use crate::error::Error;
-use crate::picker::Policy;
+use crate::picker::{BuildPicker, Policy};
 use crate::published::Published;
 use crate::subchannel::Settings;
 use crate::worker::Worker;
@@ -56,6 +56,34 @@ pub struct Builder {
     health_check: Option<String>,
     outlier_detection: Option<OutlierDetection>,
     pick_first: PickFirstOptions,
+    choice_count: u32,
+    ring_hash: RingHashOptions,
+    custom: Option<CustomPolicy>,
+    subset_size: Option<usize>,
+    locality: Option<Locality>,
+}
+
+/// `ring_hash`'s options; see [`Builder::ring_hash`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingHashOptions {
+    /// The smallest ring: 1024 entries (gRFC A42).
+    pub min_ring_size: usize,
+    /// The largest ring: 4096 entries (grpc-go's default cap).
+    pub max_ring_size: usize,
+    /// The metadata entry whose value is hashed to route an RPC (gRFC A76's
+    /// `request_hash_header`), e.g. `x-user-id`. A [`RequestHash`](crate::picker::RequestHash)
+    /// extension on a request takes precedence; an RPC with neither goes to a random endpoint.
+    pub hash_header: Option<String>,
+}
+
+impl Default for RingHashOptions {
+    fn default() -> Self {
+        Self {
+            min_ring_size: crate::picker::ring_hash::DEFAULT_MIN_RING_SIZE,
+            max_ring_size: crate::picker::ring_hash::DEFAULT_MAX_RING_SIZE,
+            hash_header: None,
+        }
+    }
 }
 
 impl Default for Builder {
@@ -79,6 +107,11 @@ impl Default for Builder {
             health_check: None,
             outlier_detection: None,
             pick_first: PickFirstOptions::default(),
+            choice_count: crate::picker::least_request::DEFAULT_CHOICE_COUNT,
+            ring_hash: RingHashOptions::default(),
+            custom: None,
+            subset_size: None,
+            locality: None,
         }
     }
 }
@@ -203,6 +236,41 @@ impl Builder {
         self
     }
 
+    /// How many random READY instances [`Policy::LeastRequest`] compares per RPC: 2 to 10
+    /// (gRFC A48's bounds; out-of-range values are clamped). Defaults to 2.
+    pub fn least_request_choices(mut self, choice_count: u32) -> Self {
+        self.choice_count = choice_count;
+        self
+    }
+
+    /// [`Policy::RingHash`]'s ring size and the metadata entry it routes by.
+    pub fn ring_hash(mut self, options: RingHashOptions) -> Self {
+        self.ring_hash = options;
+        self
+    }
+
+    /// A policy of one's own, in place of [`Builder::policy`]: see
+    /// [`BuildPicker`](crate::picker::BuildPicker).
+    pub fn custom_policy(mut self, policy: impl BuildPicker) -> Self {
+        self.custom = Some(CustomPolicy(Arc::new(policy)));
+        self
+    }
+
+    /// Connects to at most `size` instances, chosen by random subsetting (gRFC A68): stable
+    /// under churn, spread evenly across clients. `None` (the default) connects to every
+    /// instance.
+    pub fn subset_size(mut self, size: Option<usize>) -> Self {
+        self.subset_size = size;
+        self
+    }
+
+    /// Prefers the instances registered in the client's zone, spilling over to the others when
+    /// too few of them can take RPCs. Defaults to none.
+    pub fn locality(mut self, locality: Option<Locality>) -> Self {
+        self.locality = locality;
+        self
+    }
+
     /// Starts the balancer on `resolver`'s instances. Must be called within a tokio runtime.
     pub fn build_from(self, resolver: &impl Resolve) -> Result<Balancer, Error> {
         self.build(resolver.resolve())
@@ -231,6 +299,18 @@ impl Builder {
         if self.keepalive.is_some_and(|k| k.is_zero()) {
             return Err(Error::config("the keepalive interval must be positive"));
         }
+        if self.subset_size == Some(0) {
+            return Err(Error::config("the subset size must be at least 1"));
+        }
+        let hash_header = self
+            .ring_hash
+            .hash_header
+            .as_deref()
+            .map(|h| {
+                http::HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| Error::config(format!("ring_hash: {h:?} is not a metadata key")))
+            })
+            .transpose()?;
         let connector = HttpConnector::new(options);
         let scheme = connector.scheme();
         let (inner, close) = self.spawn(resolution, connector);
@@ -238,7 +318,8 @@ impl Builder {
             inner,
             scheme,
             wait_for_ready: self.wait_for_ready,
-            track_rtt: self.policy == Policy::P2cPeakEwma,
+            track_rtt: self.policy == Policy::P2cPeakEwma && self.custom.is_none(),
+            hash_header,
             _close: close,
         })))
     }
@@ -256,6 +337,11 @@ impl Builder {
             health_checked: self.health_check.is_some(),
             outlier: self.outlier_detection.clone(),
             pick_first: self.pick_first,
+            choice_count: self.choice_count,
+            ring: (self.ring_hash.min_ring_size, self.ring_hash.max_ring_size),
+            custom: self.custom.clone(),
+            subset_size: self.subset_size,
+            locality: self.locality.clone(),
         });
         let config = Arc::new(Config {
             control: control.clone(),

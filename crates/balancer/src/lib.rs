@@ -61,11 +61,11 @@ pub use balancer::{
     Balancer, BoxError, ResponseBody, ResponseFuture, Unprocessed, WaitForReady, grpc_timeout,
     is_unprocessed,
 };
-pub use builder::Builder;
+pub use builder::{Builder, RingHashOptions};
 #[cfg(feature = "tls")]
 pub use connect::tls::{TlsConfig, TlsError};
 pub use control::{
-    FailurePercentageEjection, OutlierDetection, PickFirstOptions, SuccessRateEjection,
+    FailurePercentageEjection, Locality, OutlierDetection, PickFirstOptions, SuccessRateEjection,
 };
 pub use error::Error;
 pub use picker::Policy;

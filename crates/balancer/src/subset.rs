@@ -59,6 +59,12 @@
 
 use xxhash_rust::xxh64::xxh64;
 
+/// The rendezvous score of the instance `key` for the client `seed`: XXH64 of the key with the
+/// seed. Lower scores are preferred.
+pub fn score(key: &str, seed: u64) -> u64 {
+    xxh64(key.as_bytes(), seed)
+}
+
 /// The indexes, ascending, of the `size` endpoints of `keys` that this client (`seed`) connects
 /// to: those whose XXH64 of the key with `seed` is lowest. All of them when `size >= keys.len()`,
 /// none when `size == 0`. See the [module docs](self).
@@ -72,7 +78,7 @@ pub fn random_subset(keys: &[&str], seed: u64, size: usize) -> Vec<usize> {
     let mut scored: Vec<(u64, &str, usize)> = keys
         .iter()
         .enumerate()
-        .map(|(i, key)| (xxh64(key.as_bytes(), seed), *key, i))
+        .map(|(i, key)| (score(key, seed), *key, i))
         .collect();
     // `0 < size < len`: the `size` lowest end up in front, in no particular order.
     scored.select_nth_unstable(size - 1);

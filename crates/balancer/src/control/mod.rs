@@ -25,9 +25,10 @@ use rand::{Rng, SeedableRng};
 use switchboard_resolver::{Change, Instance, InstanceSet, Update};
 use tracing::{debug, info, warn};
 
-use crate::picker::{Endpoint, Policy};
+use crate::picker::{BuildPicker, Endpoint, Policy};
 use crate::state::{ConnectivityState, Health};
 
+mod locality;
 pub(crate) mod outlier;
 mod pick_first;
 mod publish;
@@ -35,6 +36,7 @@ mod sub;
 #[cfg(test)]
 mod tests;
 
+pub use locality::Locality;
 pub use outlier::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
 pub use pick_first::PickFirstOptions;
 pub(crate) use publish::{Publication, Snapshot};
@@ -69,7 +71,7 @@ pub(crate) trait Io {
     /// The handle of one sub-channel's task, kept in the core's map with its facts.
     type Handle;
     /// A READY connection, as pickers hold it.
-    type Ready: Endpoint + Clone;
+    type Ready: Endpoint + Clone + 'static;
 
     /// Starts the task of a new sub-channel with its first order. `None` when the instance's
     /// address cannot be dialled (the reason is logged): it gets no sub-channel.
@@ -102,6 +104,26 @@ pub(crate) struct Config {
     pub(crate) health_checked: bool,
     pub(crate) outlier: Option<OutlierDetection>,
     pub(crate) pick_first: PickFirstOptions,
+    /// `least_request`'s candidates per pick.
+    pub(crate) choice_count: u32,
+    /// `ring_hash`'s ring size bounds.
+    pub(crate) ring: (usize, usize),
+    /// A user's policy, in place of `policy`.
+    pub(crate) custom: Option<CustomPolicy>,
+    /// Connect to at most this many instances (random subsetting), if set.
+    pub(crate) subset_size: Option<usize>,
+    /// Prefer the instances of this zone, if set.
+    pub(crate) locality: Option<Locality>,
+}
+
+/// A user's policy, named in `Debug` output.
+#[derive(Clone)]
+pub(crate) struct CustomPolicy(pub(crate) Arc<dyn BuildPicker>);
+
+impl std::fmt::Debug for CustomPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.name())
+    }
 }
 
 /// A sub-channel as the core keeps it for the I/O `I`.
@@ -131,17 +153,23 @@ pub(crate) struct Core<I: Io> {
     next_outlier_run: Option<Instant>,
     /// Resolver updates applied.
     updates: u64,
+    /// The instances connected to, when subsetting.
+    subset: Option<locality::Subset>,
     published: publish::Published,
 }
 
 impl<I: Io> Core<I> {
     pub(crate) fn new(config: Arc<Config>, seed: u64, now: Instant) -> Self {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let subset = config
+            .subset_size
+            .map(|size| locality::Subset::new(size, rng.random()));
         Self {
             next_outlier_run: config.outlier.as_ref().map(|o| now + o.interval),
             config,
             instances: InstanceSet::default(),
             slots: BTreeMap::new(),
-            rng: SmallRng::seed_from_u64(seed),
+            rng,
             next_id: 0,
             resolved: false,
             closed: false,
@@ -150,6 +178,7 @@ impl<I: Io> Core<I> {
             chosen: None,
             attempt: None,
             updates: 0,
+            subset,
             published: publish::Published::default(),
         }
     }
@@ -165,22 +194,75 @@ impl<I: Io> Core<I> {
         self.resolved = true;
         self.updates += 1;
         self.published.dirty = true;
-        for change in self.instances.apply(update) {
+        let changes = self.instances.apply(update);
+        if self.subset.is_some() {
+            return self.update_subset(io, changes, now);
+        }
+        for change in changes {
             match change {
                 Change::Added(instance) => self.add(io, &instance, now),
                 Change::Removed(instance) => {
                     info!(key = %instance.key, addr = %instance.addr, "removing instance");
-                    if let Some(subs) = self.slots.get_mut(&instance.key) {
-                        for sub in subs.iter_mut() {
-                            Self::drain(io, sub, &mut self.published);
-                        }
-                    }
-                    self.forget_shutdown(&instance.key);
+                    self.remove(io, &instance.key);
                 }
                 Change::Replaced { old, new } => self.replace(io, &old, &new, now),
             }
         }
         self.pick_first(io, now);
+    }
+
+    /// Applies `changes` to the subset, then brings the sub-channels in line with it: the
+    /// instances that left it drain, those that entered it get a sub-channel, the members that
+    /// moved move.
+    fn update_subset(&mut self, io: &mut I, changes: Vec<Change>, now: Instant) {
+        let Some(subset) = &mut self.subset else {
+            return;
+        };
+        for change in &changes {
+            match change {
+                Change::Added(instance) => subset.insert(&instance.key),
+                Change::Removed(instance) => subset.remove(&instance.key),
+                Change::Replaced { .. } => {}
+            }
+        }
+        let has_current = |subs: &Vec<Entry<I>>| subs.iter().any(|s| s.role == Role::Current);
+        let left: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(key, subs)| has_current(subs) && !subset.contains(key))
+            .map(|(key, _)| key.clone())
+            .collect();
+        let entered: Vec<Instance> = subset
+            .members()
+            .filter(|key| !self.slots.get(*key).is_some_and(has_current))
+            .filter_map(|key| self.instances.get(key).cloned())
+            .collect();
+        for key in left {
+            debug!(%key, "out of the subset");
+            self.remove(io, &key);
+        }
+        for change in changes {
+            if let Change::Replaced { old, new } = change {
+                if self.slots.get(&new.key).is_some_and(has_current) {
+                    self.replace(io, &old, &new, now);
+                }
+            }
+        }
+        for instance in entered {
+            debug!(key = %instance.key, "into the subset");
+            self.add(io, &instance, now);
+        }
+        self.pick_first(io, now);
+    }
+
+    /// Drains every sub-channel of `key`.
+    fn remove(&mut self, io: &mut I, key: &str) {
+        if let Some(subs) = self.slots.get_mut(key) {
+            for sub in subs.iter_mut() {
+                Self::drain(io, sub, &mut self.published);
+            }
+        }
+        self.forget_shutdown(key);
     }
 
     fn add(&mut self, io: &mut I, instance: &Instance, now: Instant) {
@@ -196,7 +278,7 @@ impl<I: Io> Core<I> {
             id,
             addr: instance.addr.clone(),
             weight: instance.weight.max(1),
-            zone: zone(instance),
+            zone: locality::zone(instance),
             io: handle,
             role: Role::Current,
             link: Link::Idle,
@@ -223,7 +305,7 @@ impl<I: Io> Core<I> {
             debug!(key = %new.key, weight = new.weight, "instance metadata changed");
             if let Some(sub) = subs.iter_mut().find(|s| s.role == Role::Current) {
                 sub.weight = new.weight.max(1);
-                sub.zone = zone(new);
+                sub.zone = locality::zone(new);
                 io.set_weight(&sub.io, sub.weight);
             }
             self.published.ready_dirty = true;
@@ -471,13 +553,4 @@ impl<I: Io> Core<I> {
         self.published.dirty = true;
         self.publish(io);
     }
-}
-
-/// The zone a registration names: `zone` (kratos, go-micro), else `topology.kubernetes.io/zone`.
-fn zone(instance: &Instance) -> Option<String> {
-    ["zone", "topology.kubernetes.io/zone"]
-        .iter()
-        .find_map(|k| instance.metadata.get(*k))
-        .filter(|z| !z.is_empty())
-        .cloned()
 }

@@ -8,7 +8,7 @@ use tracing::debug;
 use super::Entry;
 use super::sub::{Role, Sub};
 use super::{Core, Io};
-use crate::picker::{AnyPicker, PickFirst, Policy};
+use crate::picker::{AnyPicker, Custom, Endpoint, LeastRequest, PickFirst, Policy, RingHash};
 use crate::snapshot::SubchannelSnapshot;
 use crate::state::ConnectivityState;
 
@@ -110,11 +110,17 @@ impl<I: Io> Core<I> {
     }
 
     /// The picker over the pickable sub-channels, one per instance (its current address, or
-    /// while that is not READY yet, its retired one), in key order.
+    /// while that is not READY yet, its retired one), in key order; with a zone preferred,
+    /// those of the zone while enough of them are pickable.
     fn build_picker(&mut self) -> Snapshot<I::Ready> {
-        let mut ids = Vec::new();
-        let mut ready = Vec::new();
+        let mut ready: Vec<(u64, bool, I::Ready)> = Vec::new();
+        let (mut local_total, mut local_pickable) = (0, 0);
+        let zone = self.config.locality.as_ref().map(|l| l.zone.as_str());
         for subs in self.slots.values() {
+            let is_local = |s: &Entry<I>| zone.is_some() && s.zone.as_deref() == zone;
+            if subs.iter().any(|s| s.role == Role::Current && is_local(s)) {
+                local_total += 1;
+            }
             let pickable = subs
                 .iter()
                 .filter(|s| s.role == Role::Current)
@@ -122,23 +128,43 @@ impl<I: Io> Core<I> {
                     subs.iter()
                         .filter(|s| matches!(s.role, Role::Retired { .. })),
                 )
-                .find_map(|s| s.pickable().map(|c| (s.id, c)));
-            if let Some((id, conn)) = pickable {
-                ids.push(id);
-                ready.push(conn.clone());
+                .find_map(|s| s.pickable().map(|c| (s.id, is_local(s), c.clone())));
+            if let Some(entry) = pickable {
+                local_pickable += usize::from(entry.1);
+                ready.push(entry);
             }
         }
+        if let Some(locality) = &self.config.locality {
+            if locality.stays_local(local_pickable, local_total) {
+                ready.retain(|(_, local, _)| *local);
+            }
+        }
+        let (mut ids, mut ready): (Vec<u64>, Vec<I::Ready>) =
+            ready.into_iter().map(|(id, _, conn)| (id, conn)).unzip();
         let seed = self.random();
-        let picker = if self.config.policy == Policy::PickFirst {
-            let Some(chosen) = self.chosen_for_picker(&ids) else {
-                self.published.picked.clear();
-                return Snapshot::Queue;
-            };
-            let i = ids.iter().position(|id| *id == chosen).unwrap_or(0);
-            ids = vec![chosen];
-            AnyPicker::PickFirst(PickFirst::new(vec![ready.swap_remove(i)], |_| true))
-        } else {
-            self.config.policy.build(ready, seed, |_| false)
+        let config = &self.config;
+        let picker = match (&config.custom, config.policy) {
+            (Some(custom), _) => AnyPicker::Custom(Custom::new(&*custom.0, ready, seed)),
+            (None, Policy::PickFirst) => {
+                let Some(chosen) = self.chosen_for_picker(&ids) else {
+                    self.published.picked.clear();
+                    return Snapshot::Queue;
+                };
+                let i = ids.iter().position(|id| *id == chosen).unwrap_or(0);
+                ids = vec![chosen];
+                AnyPicker::PickFirst(PickFirst::new(vec![ready.swap_remove(i)], |_| true))
+            }
+            (None, Policy::LeastRequest) => {
+                AnyPicker::LeastRequest(LeastRequest::new(ready, seed, config.choice_count))
+            }
+            (None, Policy::RingHash) => AnyPicker::RingHash(RingHash::new(
+                ready,
+                seed,
+                |e| (e.key(), e.weight()),
+                config.ring.0,
+                config.ring.1,
+            )),
+            (None, policy) => policy.build(ready, seed, |_| false),
         };
         debug!(target = %self.config.target, ready = ids.len(), "new picker");
         self.published.picked = ids;

@@ -128,6 +128,11 @@ fn config(policy: Policy) -> Config {
         health_checked: false,
         outlier: None,
         pick_first: PickFirstOptions::default(),
+        choice_count: 2,
+        ring: (1024, 4096),
+        custom: None,
+        subset_size: None,
+        locality: None,
     }
 }
 
@@ -661,4 +666,94 @@ proptest! {
             ids = held.into_iter().map(|(k, (_, id))| (k, id)).collect();
         }
     }
+}
+
+#[test]
+fn subsetting_connects_to_a_stable_subset() {
+    let mut r = rig(Config {
+        subset_size: Some(3),
+        ..config(Policy::RoundRobin)
+    });
+    let keys: Vec<String> = (0..10).map(|i| format!("svc/{i}")).collect();
+    let list: Vec<(String, String)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.clone(), format!("10.0.0.{i}:1")))
+        .collect();
+    r.update(Update::Reset(
+        list.iter().map(|(k, a)| inst(k, a)).collect(),
+    ));
+    let started = r.actions();
+    assert_eq!(started.len(), 3, "{started:?}");
+    let members: Vec<String> = r
+        .core
+        .subchannels(|_| 0)
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    // A non-member leaves: nothing changes.
+    let outsider = keys
+        .iter()
+        .find(|k| !members.contains(k))
+        .cloned()
+        .unwrap_or_default();
+    r.update(Update::Remove(outsider));
+    assert_eq!(r.actions(), []);
+    // A member leaves: it drains and exactly one other instance takes its place.
+    let leaving = members[0].clone();
+    r.update(Update::Remove(leaving.clone()));
+    let actions = r.actions();
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    assert!(matches!(
+        actions[0],
+        Action::Order {
+            order: Order::Drain { .. },
+            ..
+        }
+    ));
+    assert!(matches!(actions[1], Action::Start { .. }));
+    let now: Vec<String> = r
+        .core
+        .subchannels(|_| 0)
+        .into_iter()
+        .filter(|s| s.key != leaving)
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(now.len(), 3);
+    assert!(
+        members[1..].iter().all(|m| now.contains(m)),
+        "the others stay"
+    );
+}
+
+#[test]
+fn locality_prefers_the_zone_and_spills_over_when_too_few_are_up() {
+    let mut r = rig(Config {
+        locality: Some(Locality::zone("a")),
+        ..config(Policy::RoundRobin)
+    });
+    let zoned = |key: &str, addr: &str, zone: &str| {
+        inst(key, addr).with_metadata([("zone".to_owned(), zone.to_owned())].into())
+    };
+    r.update(Update::Reset(vec![
+        zoned("a1", "10.0.0.1:1", "a"),
+        zoned("a2", "10.0.0.2:1", "a"),
+        zoned("b1", "10.0.1.1:1", "b"),
+        inst("x", "10.0.2.1:1"),
+    ]));
+    for (key, id) in [("a1", 1), ("a2", 2), ("b1", 3), ("x", 4)] {
+        r.report(key, id, Ready, None);
+    }
+    assert_eq!(
+        r.picks(),
+        Picks::From(vec![1, 2]),
+        "the zone's instances only"
+    );
+    assert!(r.core.subchannels(|_| 0)[2..].iter().all(|s| !s.in_picker));
+    // Half of the zone is down (below 70 %): every instance takes RPCs.
+    r.report("a2", 2, TransientFailure, Some("refused"));
+    assert_eq!(r.picks(), Picks::From(vec![1, 3, 4]));
+    r.report("a2", 2, Connecting, None);
+    r.report("a2", 2, Ready, None);
+    assert_eq!(r.picks(), Picks::From(vec![1, 2]));
 }

@@ -25,6 +25,12 @@
 //! | [`P2c`] | `p2c` | the less loaded of two random endpoints, by in-flight RPCs | Mitzenmacher 2001; tower `balance::p2c` |
 //! | [`P2c`] | `p2c_peak_ewma` | the same, by peak-EWMA RTT × (in-flight + 1) | Finagle `P2CPeakEwma`; tower `load::PeakEwma` |
 //! | [`WeightedRoundRobin`] | `weighted_round_robin` | round-robin in proportion to the registered weights | gRPC C++ `StaticStrideScheduler`, gRFC A58 |
+//! | [`LeastRequest`] | `least_request` | the fewest in flight of `choice_count` (default 2) random endpoints | grpc-go `balancer/leastrequest`, gRFC A48 |
+//! | [`RingHash`] | `ring_hash` | consistent hashing of the request's hash ([`PickRequest::hash`]) on a ring | grpc-go `balancer/ringhash`, gRFC A42, A76 |
+//!
+//! A policy of one's own implements [`BuildPicker`]: it is given the READY endpoints whenever
+//! they change and returns a [`PickByIndex`], which sees each RPC's [`PickRequest`] (path,
+//! metadata, hash) and chooses an index.
 //!
 //! Each module ([`round_robin`], [`pick_first`], [`p2c`], [`weighted`], [`ewma`]) explains its
 //! algorithm and its source. Randomness is passed in as a `seed` (the round-robins' random start,
@@ -81,6 +87,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Instant;
 
 pub mod ewma;
@@ -115,6 +122,92 @@ pub trait Endpoint: Send + Sync {
     /// Peak-EWMA round-trip estimate in nanoseconds decayed to `now`; `None` before the first
     /// response. See [`PeakEwma::estimate`].
     fn rtt_estimate(&self, now: Instant) -> Option<f64>;
+
+    /// Its stable identity: the instance's key in the registry, which `ring_hash` places it on
+    /// the ring by. Defaults to `""`; endpoints used with `ring_hash` must give distinct keys.
+    fn key(&self) -> &str {
+        ""
+    }
+
+    /// Its `host:port`, for policies that route by address. Defaults to `""`.
+    fn addr(&self) -> &str {
+        ""
+    }
+}
+
+/// What a pick may look at of the RPC it is for.
+#[derive(Clone, Copy, Debug)]
+pub struct PickRequest<'a> {
+    /// The RPC's path, `/package.Service/Method`.
+    pub path: &'a str,
+    /// The request's metadata.
+    pub headers: &'a http::HeaderMap,
+    /// The request's hash for `ring_hash`: from a [`RequestHash`] extension, else from the
+    /// configured header; `None` if neither is there (`ring_hash` then picks at random).
+    pub hash: Option<u64>,
+    /// When the RPC started.
+    pub now: Instant,
+}
+
+/// A request extension that sets the hash `ring_hash` routes an RPC by (a call option, as
+/// grpc-go's `ringhash.SetRequestHash`). Hash a key with [`ring_hash::hash_key`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestHash(pub u64);
+
+/// A policy of one's own: builds a picker over the READY endpoints each time they change.
+///
+/// ```
+/// use std::sync::Arc;
+/// use switchboard_balancer::picker::{BuildPicker, Choice, Endpoint, PickByIndex, PickRequest};
+///
+/// /// Sends each method to the endpoint its path hashes to.
+/// struct ByMethod;
+///
+/// struct Picker(usize);
+///
+/// impl PickByIndex for Picker {
+///     fn pick(&self, request: &PickRequest<'_>) -> Choice {
+///         match self.0 {
+///             0 => Choice::Queue,
+///             n => Choice::Index(request.path.len() % n),
+///         }
+///     }
+/// }
+///
+/// impl BuildPicker for ByMethod {
+///     fn name(&self) -> &str {
+///         "by_method"
+///     }
+///     fn build(&self, ready: Vec<Arc<dyn Endpoint>>, _seed: u64) -> Box<dyn PickByIndex> {
+///         Box::new(Picker(ready.len()))
+///     }
+/// }
+/// ```
+pub trait BuildPicker: Send + Sync + 'static {
+    /// The policy's name, for logs.
+    fn name(&self) -> &str;
+
+    /// A picker over `ready`, the READY endpoints in resolver order (their live load can be
+    /// read through [`Endpoint`]); `seed` is fresh randomness for this picker. Called on the
+    /// balancer's task whenever the READY set changes; picks then run on the RPCs' threads.
+    fn build(&self, ready: Vec<Arc<dyn Endpoint>>, seed: u64) -> Box<dyn PickByIndex>;
+}
+
+/// A picker built by a [`BuildPicker`]: chooses by index into the list it was built over.
+pub trait PickByIndex: Send + Sync {
+    /// The choice for one RPC. Called on every RPC: it should not block or allocate.
+    fn pick(&self, request: &PickRequest<'_>) -> Choice;
+}
+
+/// What a [`PickByIndex`] chooses.
+#[derive(Debug)]
+pub enum Choice {
+    /// The endpoint at this index of the list the picker was built over.
+    Index(usize),
+    /// None can take the RPC now: it waits for the next picker, or fails if fail-fast.
+    Queue,
+    /// Fail the RPC with this status.
+    Fail(tonic::Status),
 }
 
 /// The outcome of one pick.
@@ -149,20 +242,28 @@ pub enum Policy {
     P2cPeakEwma,
     /// `weighted_round_robin`: round-robin in proportion to each endpoint's weight.
     WeightedRoundRobin,
+    /// `least_request`: the one with fewest RPCs in flight of `choice_count` random READY
+    /// endpoints (gRFC A48).
+    LeastRequest,
+    /// `ring_hash`: consistent hashing of a request key onto a ring of the READY endpoints
+    /// (gRFC A42), so that a key keeps its endpoint while others come and go.
+    RingHash,
 }
 
 impl Policy {
     /// Every policy, in declaration order.
-    pub const ALL: [Policy; 5] = [
+    pub const ALL: [Policy; 7] = [
         Policy::RoundRobin,
         Policy::PickFirst,
         Policy::P2c,
         Policy::P2cPeakEwma,
         Policy::WeightedRoundRobin,
+        Policy::LeastRequest,
+        Policy::RingHash,
     ];
 
-    /// The policy's name: `round_robin`, `pick_first`, `p2c`, `p2c_peak_ewma` or
-    /// `weighted_round_robin`.
+    /// The policy's name: `round_robin`, `pick_first`, `p2c`, `p2c_peak_ewma`,
+    /// `weighted_round_robin`, `least_request` or `ring_hash`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Policy::RoundRobin => "round_robin",
@@ -170,6 +271,8 @@ impl Policy {
             Policy::P2c => "p2c",
             Policy::P2cPeakEwma => "p2c_peak_ewma",
             Policy::WeightedRoundRobin => "weighted_round_robin",
+            Policy::LeastRequest => "least_request",
+            Policy::RingHash => "ring_hash",
         }
     }
 
@@ -191,6 +294,18 @@ impl Policy {
             Policy::WeightedRoundRobin => {
                 AnyPicker::WeightedRoundRobin(WeightedRoundRobin::new(ready, seed))
             }
+            Policy::LeastRequest => AnyPicker::LeastRequest(LeastRequest::new(
+                ready,
+                seed,
+                least_request::DEFAULT_CHOICE_COUNT,
+            )),
+            Policy::RingHash => AnyPicker::RingHash(RingHash::new(
+                ready,
+                seed,
+                |e| (e.key(), e.weight()),
+                ring_hash::DEFAULT_MIN_RING_SIZE,
+                ring_hash::DEFAULT_MAX_RING_SIZE,
+            )),
         }
     }
 }
@@ -224,7 +339,7 @@ impl FromStr for Policy {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
     "unknown load-balancing policy {0:?}: expected one of round_robin, pick_first, p2c, \
-     p2c_peak_ewma, weighted_round_robin"
+     p2c_peak_ewma, weighted_round_robin, least_request, ring_hash"
 )]
 pub struct UnknownPolicy(String);
 
@@ -246,6 +361,40 @@ pub enum AnyPicker<T> {
     P2c(P2c<T>),
     /// See [`WeightedRoundRobin`].
     WeightedRoundRobin(WeightedRoundRobin<T>),
+    /// See [`LeastRequest`].
+    LeastRequest(LeastRequest<T>),
+    /// See [`RingHash`].
+    RingHash(RingHash<T>),
+    /// A picker of a [`BuildPicker`].
+    Custom(Custom<T>),
+}
+
+/// The picker of a [`BuildPicker`], over the endpoints it was built for.
+pub struct Custom<T> {
+    ready: Vec<T>,
+    picker: Box<dyn PickByIndex>,
+}
+
+impl<T> fmt::Debug for Custom<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Custom")
+            .field("endpoints", &self.ready.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Endpoint + Clone + 'static> Custom<T> {
+    /// `policy`'s picker over `ready`.
+    pub fn new(policy: &dyn BuildPicker, ready: Vec<T>, seed: u64) -> Self {
+        let endpoints = ready
+            .iter()
+            .map(|e| Arc::new(e.clone()) as Arc<dyn Endpoint>)
+            .collect();
+        Self {
+            picker: policy.build(endpoints, seed),
+            ready,
+        }
+    }
 }
 
 impl<T> AnyPicker<T> {
@@ -256,7 +405,16 @@ impl<T> AnyPicker<T> {
             AnyPicker::PickFirst(p) => p.endpoints(),
             AnyPicker::P2c(p) => p.endpoints(),
             AnyPicker::WeightedRoundRobin(p) => p.endpoints(),
+            AnyPicker::LeastRequest(p) => p.endpoints(),
+            AnyPicker::RingHash(p) => p.endpoints(),
+            AnyPicker::Custom(p) => &p.ready,
         }
+    }
+
+    /// Whether picks look at the request (its hash or metadata): `ring_hash` and custom
+    /// policies. The others pick the same whatever the request.
+    pub fn reads_request(&self) -> bool {
+        matches!(self, AnyPicker::RingHash(_) | AnyPicker::Custom(_))
     }
 }
 
@@ -270,6 +428,37 @@ impl<T: Endpoint> AnyPicker<T> {
             AnyPicker::PickFirst(p) => p.pick(),
             AnyPicker::P2c(p) => p.pick_at(now),
             AnyPicker::WeightedRoundRobin(p) => p.pick(),
+            AnyPicker::LeastRequest(p) => p.pick(),
+            AnyPicker::RingHash(p) => p.pick(),
+            AnyPicker::Custom(p) => p.pick_for(&PickRequest {
+                path: "",
+                headers: &http::HeaderMap::new(),
+                hash: None,
+                now,
+            }),
+        }
+    }
+
+    /// The pick for one RPC, given what the request carries.
+    #[inline]
+    pub fn pick_for(&self, request: &PickRequest<'_>) -> Pick<'_, T> {
+        match self {
+            AnyPicker::RingHash(p) => match request.hash {
+                Some(hash) => p.pick_hash(hash),
+                None => p.pick(),
+            },
+            AnyPicker::Custom(p) => p.pick_for(request),
+            other => other.pick_at(request.now),
+        }
+    }
+}
+
+impl<T> Custom<T> {
+    fn pick_for(&self, request: &PickRequest<'_>) -> Pick<'_, T> {
+        match self.picker.pick(request) {
+            Choice::Index(i) => self.ready.get(i).map_or(Pick::Queue, Pick::Ready),
+            Choice::Queue => Pick::Queue,
+            Choice::Fail(status) => Pick::Fail(status),
         }
     }
 }
@@ -282,6 +471,14 @@ impl<T: Endpoint> Picker<T> for AnyPicker<T> {
             AnyPicker::PickFirst(p) => p.pick(),
             AnyPicker::P2c(p) => p.pick(),
             AnyPicker::WeightedRoundRobin(p) => p.pick(),
+            AnyPicker::LeastRequest(p) => p.pick(),
+            AnyPicker::RingHash(p) => p.pick(),
+            AnyPicker::Custom(p) => p.pick_for(&PickRequest {
+                path: "",
+                headers: &http::HeaderMap::new(),
+                hash: None,
+                now: Instant::now(),
+            }),
         }
     }
 }

@@ -496,13 +496,15 @@ fn policy_names_round_trip() {
 
 #[test]
 fn unknown_policy_names_the_valid_ones() {
-    let err = "least_request".parse::<Policy>().unwrap_err();
-    assert_eq!(err.name(), "least_request");
+    let err = "maglev".parse::<Policy>().unwrap_err();
+    assert_eq!(err.name(), "maglev");
     assert_eq!(
         err.to_string(),
-        "unknown load-balancing policy \"least_request\": expected one of round_robin, \
-         pick_first, p2c, p2c_peak_ewma, weighted_round_robin"
+        "unknown load-balancing policy \"maglev\": expected one of round_robin, \
+         pick_first, p2c, p2c_peak_ewma, weighted_round_robin, least_request, ring_hash"
     );
+    assert_eq!("least_request".parse(), Ok(Policy::LeastRequest));
+    assert_eq!("ring-hash".parse(), Ok(Policy::RingHash));
     assert!("".parse::<Policy>().is_err());
     assert!("round__robin_x".parse::<Policy>().is_err());
 }

@@ -131,4 +131,12 @@ impl<S: Send + Sync> Endpoint for Ready<S> {
     fn rtt_estimate(&self, now: std::time::Instant) -> Option<f64> {
         self.0.sub.rtt.estimate(now)
     }
+
+    fn key(&self) -> &str {
+        &self.0.sub.key
+    }
+
+    fn addr(&self) -> &str {
+        &self.0.sub.addr
+    }
 }
