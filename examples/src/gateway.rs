@@ -77,7 +77,8 @@ pub fn router(client: Client) -> Router {
 }
 
 /// [`router`], plus `GET /metrics`: everything recorded through the `metrics` facade into the
-/// Prometheus recorder that `metrics` is the handle of, in Prometheus' text format.
+/// Prometheus recorder that `metrics` is the handle of, and the per-instance figures of the
+/// client's live sub-channels, in Prometheus' text format.
 ///
 /// # Examples
 ///
@@ -90,9 +91,9 @@ pub fn router(client: Client) -> Router {
 /// # Ok(()) }
 /// ```
 pub fn router_with_metrics(client: Client, metrics: PrometheusHandle) -> Router {
-    routes(client)
+    routes(client.clone())
         .route("/metrics", get(render_metrics))
-        .with_state(metrics)
+        .with_state((metrics, client))
 }
 
 /// Every route but `/metrics`, waiting for the state `/metrics` needs.
@@ -112,8 +113,12 @@ async fn dashboard() -> Response {
     ([(header::CACHE_CONTROL, "no-cache")], Html(DASHBOARD)).into_response()
 }
 
-async fn render_metrics(State(metrics): State<PrometheusHandle>) -> Response {
-    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], metrics.render()).into_response()
+async fn render_metrics(State((metrics, client)): State<(PrometheusHandle, Client)>) -> Response {
+    let mut text = metrics.render();
+    text.push_str(&switchboard::balancer::metrics::render_instances(&[client
+        .balancer()
+        .snapshot()]));
+    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text).into_response()
 }
 
 async fn register(State(app): State<App>, Json(c): Json<Credentials>) -> Response {

@@ -3,31 +3,49 @@
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
-//! | `switchboard_picks_total` | counter | target, instance | RPCs sent to the instance |
-//! | `switchboard_rpcs_total` | counter | target, instance, code | RPC results by gRPC status code |
-//! | `switchboard_rpc_duration_seconds` | histogram | target, instance | from the pick to the end of the response |
-//! | `switchboard_subchannel_transitions_total` | counter | target, instance, state | state changes, by the state entered |
+//! | `switchboard_picks_total` | counter | target | RPCs sent |
+//! | `switchboard_rpcs_total` | counter | target, code | RPC results by gRPC status code |
+//! | `switchboard_rpc_duration_seconds` | histogram | target | from the pick to the end of the response |
+//! | `switchboard_subchannel_transitions_total` | counter | target, state | state changes, by the state entered |
 //! | `switchboard_subchannels` | gauge | target, state | sub-channels per state (health and ejection included) |
-//! | `switchboard_reconnects_total` | counter | target, instance | connection attempts after the first |
-//! | `switchboard_health_changes_total` | counter | target, instance, health | health-check results that changed the instance's health |
-//! | `switchboard_ejections_total` | counter | target, instance | outlier-detection ejections |
+//! | `switchboard_reconnects_total` | counter | target | connection attempts after the first |
+//! | `switchboard_health_changes_total` | counter | target, health | health-check results that changed an instance's health |
+//! | `switchboard_ejections_total` | counter | target | outlier-detection ejections |
 //! | `switchboard_resolver_updates_total` | counter | target, kind | resolver updates applied (`reset`, `add`, `remove`) |
 //! | `switchboard_instances` | gauge | target | instances in the resolved set |
 //! | `switchboard_resolver_connected` | gauge | target | 1 while the resolver's watch (etcd) is live |
 //! | `switchboard_resolver_errors_total` | counter | target | resolver errors (etcd unreachable, watch lost, …) |
 //!
 //! The registrar's metrics (`switchboard_registrar_*`) are listed in `switchboard-resolver`.
+//!
+//! No series above has a label per instance: instances come and go (10 000 churned addresses
+//! would leave 10 000 dead series behind, as the facade cannot remove a series). The
+//! per-instance figures are rendered instead from the live sub-channels by [`render_instances`],
+//! so an instance's series go when it does:
+//!
+//! | name | kind | labels | what |
+//! |---|---|---|---|
+//! | `switchboard_instance_calls_started_total` | counter | target, instance, key | RPCs sent to the instance |
+//! | `switchboard_instance_calls_succeeded_total` | counter | target, instance, key | RPCs that ended with OK |
+//! | `switchboard_instance_calls_failed_total` | counter | target, instance, key | RPCs that ended otherwise |
+//! | `switchboard_instance_in_flight` | gauge | target, instance, key | RPCs in flight |
+//! | `switchboard_instance_connects_total` | counter | target, instance, key | connection attempts |
+//! | `switchboard_instance_ready` | gauge | target, instance, key | 1 while its connection is READY |
+//! | `switchboard_instance_in_picker` | gauge | target, instance, key | 1 while RPCs are sent to it |
+//! | `switchboard_instance_ejected` | gauge | target, instance, key | 1 while outlier detection ejects it |
 
+use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram, counter, histogram};
 use tonic::Code;
 
+use crate::snapshot::{ChannelSnapshot, SubchannelSnapshot};
+
 /// The per-call metrics of one sub-channel, registered once.
 pub(crate) struct SubMetrics {
     target: Arc<str>,
-    instance: Arc<str>,
     picks: Counter,
     duration: Histogram,
     /// `switchboard_rpcs_total` per status code, registered on first use.
@@ -38,20 +56,15 @@ impl std::fmt::Debug for SubMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SubMetrics")
             .field("target", &self.target)
-            .field("instance", &self.instance)
             .finish_non_exhaustive()
     }
 }
 
 impl SubMetrics {
-    pub(crate) fn new(target: &str, instance: &str) -> Self {
-        let labels = [
-            ("target", target.to_owned()),
-            ("instance", instance.to_owned()),
-        ];
+    pub(crate) fn new(target: &str) -> Self {
+        let labels = [("target", target.to_owned())];
         Self {
             target: target.into(),
-            instance: instance.into(),
             picks: counter!("switchboard_picks_total", &labels),
             duration: histogram!("switchboard_rpc_duration_seconds", &labels),
             results: Default::default(),
@@ -72,7 +85,6 @@ impl SubMetrics {
                 counter!(
                     "switchboard_rpcs_total",
                     "target" => self.target.to_string(),
-                    "instance" => self.instance.to_string(),
                     "code" => code_name(code),
                 )
             })
@@ -83,7 +95,6 @@ impl SubMetrics {
         counter!(
             "switchboard_subchannel_transitions_total",
             "target" => self.target.to_string(),
-            "instance" => self.instance.to_string(),
             "state" => state,
         )
         .increment(1);
@@ -93,7 +104,6 @@ impl SubMetrics {
         counter!(
             "switchboard_reconnects_total",
             "target" => self.target.to_string(),
-            "instance" => self.instance.to_string(),
         )
         .increment(1);
     }
@@ -102,7 +112,6 @@ impl SubMetrics {
         counter!(
             "switchboard_health_changes_total",
             "target" => self.target.to_string(),
-            "instance" => self.instance.to_string(),
             "health" => health,
         )
         .increment(1);
@@ -112,10 +121,97 @@ impl SubMetrics {
         counter!(
             "switchboard_ejections_total",
             "target" => self.target.to_string(),
-            "instance" => self.instance.to_string(),
         )
         .increment(1);
     }
+}
+
+/// The per-instance figures of `channels`' live sub-channels, in Prometheus' text format (see
+/// the [module docs](self)): append them to what the facade's exporter renders.
+///
+/// ```
+/// # fn run(channel: &switchboard_balancer::Balancer, facade: String) {
+/// let mut text = facade;
+/// text.push_str(&switchboard_balancer::metrics::render_instances(&[channel.snapshot()]));
+/// # }
+/// ```
+pub fn render_instances(channels: &[ChannelSnapshot]) -> String {
+    type Figure = fn(&SubchannelSnapshot) -> u64;
+    const FIGURES: [(&str, &str, &str, Figure); 8] = [
+        (
+            "switchboard_instance_calls_started_total",
+            "counter",
+            "RPCs sent to the instance",
+            |s| s.calls_started,
+        ),
+        (
+            "switchboard_instance_calls_succeeded_total",
+            "counter",
+            "RPCs that ended with OK",
+            |s| s.calls_succeeded,
+        ),
+        (
+            "switchboard_instance_calls_failed_total",
+            "counter",
+            "RPCs that ended otherwise",
+            |s| s.calls_failed,
+        ),
+        (
+            "switchboard_instance_in_flight",
+            "gauge",
+            "RPCs in flight",
+            |s| s.in_flight,
+        ),
+        (
+            "switchboard_instance_connects_total",
+            "counter",
+            "connection attempts",
+            |s| s.connects,
+        ),
+        (
+            "switchboard_instance_ready",
+            "gauge",
+            "1 while its connection is READY",
+            |s| u64::from(s.state == crate::ConnectivityState::Ready),
+        ),
+        (
+            "switchboard_instance_in_picker",
+            "gauge",
+            "1 while RPCs are sent to it",
+            |s| u64::from(s.in_picker),
+        ),
+        (
+            "switchboard_instance_ejected",
+            "gauge",
+            "1 while outlier detection ejects it",
+            |s| u64::from(s.ejected),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, figure) in FIGURES {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for channel in channels {
+            for sub in &channel.subchannels {
+                let _ = writeln!(
+                    out,
+                    "{name}{{target=\"{}\",instance=\"{}\",key=\"{}\"}} {}",
+                    escape(&channel.target),
+                    escape(&sub.addr),
+                    escape(&sub.key),
+                    figure(sub)
+                );
+            }
+        }
+    }
+    out
+}
+
+/// A label value escaped as Prometheus' text format wants: `\`, `"` and newlines.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The gRPC name of a status code, as in `grpc-status` docs: `OK`, `UNAVAILABLE`, …

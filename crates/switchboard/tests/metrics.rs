@@ -1,22 +1,25 @@
 //! The metrics a client emits through the `metrics` facade, rendered by the Prometheus
-//! exporter, against real tonic servers on 127.0.0.1: the text parses, and the counters
-//! match the calls made.
+//! exporter, and its per-instance figures, against real tonic servers on 127.0.0.1: the text
+//! parses, the counters match the calls made, and churn leaves no series behind.
 //!
-//! The recorder is process-wide: this binary holds this one test, so that no other test records
-//! into it or sees it.
+//! The recorder is process-wide: the tests here share it, each with a target of its own.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 mod flaky;
 
 use anyhow::{Context, Result, bail};
 use flaky::{Flaky, Seen};
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use switchboard::balancer::Balancer;
+use switchboard::balancer::metrics::render_instances;
+use switchboard::resolver::{Instance, Resolution, Update};
 use switchboard::{Client, ClientConfig};
-use switchboard_testkit::TestServer;
 use switchboard_testkit::proto::user::GetUserInfoRequest;
 use switchboard_testkit::proto::user::user_client::UserClient;
+use switchboard_testkit::{ClosedPort, TestServer};
 use tonic::Code;
 
 /// One sample: its metric name, labels and value.
@@ -73,9 +76,19 @@ fn sum(samples: &[Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
         .sum()
 }
 
+/// The process-wide Prometheus recorder, installed once.
+fn recorder() -> Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new().install_recorder()?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_text_counts_every_pick_and_result() -> Result<()> {
-    let handle = PrometheusBuilder::new().install_recorder()?;
+    let handle = recorder()?;
     let servers = [TestServer::start("a").await?, TestServer::start("b").await?];
     let failing = Flaky {
         name: "c",
@@ -117,7 +130,8 @@ async fn prometheus_text_counts_every_pick_and_result() -> Result<()> {
         "round-robin over two good and one failing"
     );
 
-    let text = handle.render();
+    let mut text = handle.render();
+    text.push_str(&render_instances(&[client.balancer().snapshot()]));
     let samples = parse(&text)?;
     assert_eq!(
         sum(&samples, "switchboard_picks_total", None),
@@ -126,9 +140,22 @@ async fn prometheus_text_counts_every_pick_and_result() -> Result<()> {
     );
     let c = failing.to_string();
     assert_eq!(
-        sum(&samples, "switchboard_picks_total", Some(("instance", &c))),
+        sum(
+            &samples,
+            "switchboard_instance_calls_started_total",
+            Some(("instance", &c))
+        ),
         20.0
     );
+    assert_eq!(
+        sum(
+            &samples,
+            "switchboard_instance_calls_failed_total",
+            Some(("instance", &c))
+        ),
+        20.0
+    );
+    assert_eq!(sum(&samples, "switchboard_instance_in_picker", None), 3.0);
     assert_eq!(
         sum(&samples, "switchboard_rpcs_total", Some(("code", "OK"))),
         40.0
@@ -169,5 +196,75 @@ async fn prometheus_text_counts_every_pick_and_result() -> Result<()> {
             Some(("state", "READY"))
         ) >= 3.0
     );
+    Ok(())
+}
+
+/// 10 000 instance addresses come and go, 100 at a time: the facade's series do not name
+/// instances at all, and the per-instance figures list only the live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churned_instances_leave_no_series_behind() -> Result<()> {
+    let handle = recorder()?;
+    // Every address refuses connections: 127.0.x.y on a port nobody listens on.
+    let closed = ClosedPort::new()?;
+    let port = closed.addr().port();
+    let (publisher, resolution) = Resolution::channel();
+    let balancer = Balancer::builder().target("churn").build(resolution)?;
+    let live = |round: u32| -> Vec<Instance> {
+        (0..100)
+            .map(|i| {
+                let n = round * 100 + i;
+                Instance::new(
+                    format!("churn/{n}"),
+                    format!("127.0.{}.{}:{port}", 1 + n / 250, 1 + n % 250),
+                )
+            })
+            .collect()
+    };
+    for round in 0..100 {
+        publisher.send(Update::Reset(live(round))).await?;
+    }
+    // Every update applied and every removed sub-channel gone.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let s = balancer.snapshot();
+            if s.updates_applied == 100 && s.subchannels.len() == 100 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .context("the churn did not settle within 60 s")?;
+    let facade = parse(&handle.render())?;
+    let churn: Vec<&Sample> = facade
+        .iter()
+        .filter(|s| s.labels.get("target").map(String::as_str) == Some("churn"))
+        .collect();
+    assert!(
+        churn.iter().all(|s| !s.labels.contains_key("instance")),
+        "no facade series names an instance"
+    );
+    assert!(
+        churn.len() < 40,
+        "{} facade series for one target: {churn:?}",
+        churn.len()
+    );
+    let instances = parse(&render_instances(&[balancer.snapshot()]))?;
+    let named: std::collections::BTreeSet<&str> = instances
+        .iter()
+        .filter_map(|s| s.labels.get("instance").map(String::as_str))
+        .collect();
+    assert_eq!(named.len(), 100, "only the live instances are listed");
+    assert_eq!(instances.len(), 8 * 100);
+    assert!(named.iter().all(|a| a.starts_with("127.0.40.")));
+    // Gone with the last instance: nothing left for this target in the gauges.
+    publisher.send(Update::Reset(Vec::new())).await?;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !balancer.snapshot().subchannels.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .context("the last instances did not drain within 30 s")?;
     Ok(())
 }

@@ -40,7 +40,7 @@ impl Shared {
         rtt_decay: Duration,
     ) -> Self {
         Self {
-            metrics: SubMetrics::new(target, &addr),
+            metrics: SubMetrics::new(target),
             id,
             key,
             addr,
