@@ -116,6 +116,13 @@ impl Default for Builder {
     }
 }
 
+impl Balancer {
+    /// Options for a new balancer.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+}
+
 impl Builder {
     /// The name of what is balanced, used in logs and error messages (an etcd prefix or a
     /// service name). Defaults to "the service".

@@ -1,0 +1,298 @@
+//! One attempt of an RPC on the sub-channel picked for it: the request sent on its
+//! connection, transport errors mapped to gRPC statuses, and the response body that counts
+//! the call when it ends.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::Parts;
+use http::{HeaderMap, Request, Response, Uri};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tonic::{Code, Status};
+use tracing::Span;
+
+use super::Handle;
+use crate::connect::{Sender, chain, with_origin};
+use crate::subchannel::{Ready, Shared};
+
+// Returned by value once per attempt, like the response it stands for: no need to box.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Failed {
+    /// The request never left: it can go elsewhere.
+    Unsent(Request<tonic::body::Body>, String),
+    /// The request was sent, or could have been: its status.
+    Sent(Status),
+}
+
+pub(super) async fn send_on(
+    handle: &Handle,
+    ready: &Ready<Sender>,
+    request: Request<tonic::body::Body>,
+    started: Option<std::time::Instant>,
+) -> Result<Response<ResponseBody>, Failed> {
+    let conn = &*ready.0;
+    let (mut parts, body) = request.into_parts();
+    parts.uri = with_origin(&parts.uri, &handle.scheme, &conn.authority)
+        .map_err(|e| Failed::Sent(Status::internal(format!("request URI: {e}"))))?;
+    let request = Request::from_parts(parts, body);
+
+    let sub = &conn.sub;
+    sub.call_started();
+    let mut call = Call {
+        sub: Some(sub.clone()),
+        started: started.unwrap_or_else(std::time::Instant::now),
+    };
+    let mut sender = conn.sender.clone();
+    match sender.try_send_request(request).await {
+        Ok(response) => {
+            if let Some(started) = started {
+                let now = std::time::Instant::now();
+                sub.rtt.observe(now - started, now);
+            }
+            // A trailers-only response carries its status in the headers.
+            if let Some(code) = grpc_status(response.headers()) {
+                call.end(Some(code));
+            }
+            Ok(response.map(|inner| ResponseBody { inner, call }))
+        }
+        Err(mut e) => match e.take_message() {
+            Some(mut back) => {
+                call.end(None);
+                // Give the request its original URI back: it may go to another instance.
+                *back.uri_mut() = strip_origin(back.uri());
+                Err(Failed::Unsent(back, chain(e.error())))
+            }
+            None => {
+                let error = e.into_error();
+                let status = status_of(&sub.addr, &error);
+                call.end(Some(status.code()));
+                Err(Failed::Sent(status))
+            }
+        },
+    }
+}
+
+/// A span for one attempt of an RPC (at DEBUG level): its target, the instance picked, and
+/// the attempt number (from `grpc-previous-rpc-attempts`, which retries set).
+pub(super) fn attempt_span(
+    target: &str,
+    instance: &str,
+    request: &Request<tonic::body::Body>,
+) -> Span {
+    let span = tracing::debug_span!(
+        "rpc_attempt",
+        target,
+        instance,
+        method = tracing::field::Empty,
+        attempt = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        let previous = request
+            .headers()
+            .get("grpc-previous-rpc-attempts")
+            .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
+            .unwrap_or(0);
+        span.record("method", request.uri().path());
+        span.record("attempt", previous + 1);
+    }
+    span
+}
+
+pub(super) fn strip_origin(uri: &Uri) -> Uri {
+    let mut parts = Parts::default();
+    parts.path_and_query = uri.path_and_query().cloned();
+    Uri::from_parts(parts).unwrap_or_default()
+}
+
+/// The status of an RPC that failed in transport, as gRPC maps HTTP/2 errors.
+///
+/// A stream the server refused (`RST_STREAM` with `REFUSED_STREAM`) or went away before
+/// reading (a GOAWAY whose last stream id is lower) was not processed: its status is UNAVAILABLE
+/// with [`Unprocessed`] as its source.
+fn status_of(addr: &str, error: &hyper::Error) -> Status {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    let mut code = Code::Unavailable;
+    let mut unprocessed = false;
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            unprocessed = h2.is_remote()
+                && ((h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+                    || h2.is_go_away());
+            code = match h2.reason() {
+                _ if unprocessed => Code::Unavailable,
+                Some(h2::Reason::CANCEL) => Code::Cancelled,
+                Some(h2::Reason::ENHANCE_YOUR_CALM) => Code::ResourceExhausted,
+                Some(h2::Reason::INADEQUATE_SECURITY) => Code::PermissionDenied,
+                Some(h2::Reason::REFUSED_STREAM) | None => Code::Unavailable,
+                Some(_) if h2.is_io() || h2.is_go_away() => Code::Unavailable,
+                Some(_) => Code::Internal,
+            };
+            break;
+        }
+        source = e.source();
+    }
+    let mut status = Status::new(code, format!("{addr}: {}", chain(error)));
+    if unprocessed {
+        status.set_source(Arc::new(Unprocessed));
+    }
+    status
+}
+
+/// The source of the [`Status`] of an RPC that reached a server but was not processed by it:
+/// the server refused its stream (`REFUSED_STREAM`) or sent a GOAWAY below its stream id.
+///
+/// Such an RPC can be sent again whatever its method, as gRFC A6's transparent retry does;
+/// [`is_unprocessed`] tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unprocessed;
+
+impl std::fmt::Display for Unprocessed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the server did not process the request")
+    }
+}
+
+impl std::error::Error for Unprocessed {}
+
+/// Whether `status` is that of an RPC the server did not process (see [`Unprocessed`]).
+///
+/// ```
+/// use switchboard_balancer::{Unprocessed, is_unprocessed};
+///
+/// let mut status = tonic::Status::unavailable("refused");
+/// assert!(!is_unprocessed(&status));
+/// status.set_source(std::sync::Arc::new(Unprocessed));
+/// assert!(is_unprocessed(&status));
+/// ```
+pub fn is_unprocessed(status: &Status) -> bool {
+    std::error::Error::source(status).is_some_and(|s| s.is::<Unprocessed>())
+}
+
+/// The `grpc-status` in these headers (or trailers), if there is one (UNKNOWN if it is not a
+/// number).
+fn grpc_status(headers: &HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?.as_bytes();
+    if value == b"0" {
+        return Some(Code::Ok);
+    }
+    let code = std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .map_or(Code::Unknown, Code::from_i32);
+    Some(code)
+}
+
+/// The deadline a request carries in its `grpc-timeout` header (up to 8 digits and a unit: H,
+/// M, S, m, u, n), or `None` if it has none or it is malformed.
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.as_bytes();
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n.saturating_mul(3600)),
+        b"M" => Duration::from_secs(n.saturating_mul(60)),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Accounts for one RPC on a sub-channel until it ends.
+struct Call {
+    sub: Option<Arc<Shared>>,
+    started: std::time::Instant,
+}
+
+impl Call {
+    /// Ends the RPC with its status code, or `None` if it was never sent.
+    fn end(&mut self, code: Option<Code>) {
+        if let Some(sub) = self.sub.take() {
+            sub.call_ended(code.map(|c| (c, self.started.elapsed())));
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        // Dropped before its status was seen: cancelled by the caller.
+        self.end(Some(Code::Cancelled));
+    }
+}
+
+/// The body of a response: hyper's, plus the accounting of its RPC, which ends with the
+/// trailers (or when the body is dropped).
+pub struct ResponseBody {
+    inner: hyper::body::Incoming,
+    call: Call,
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody").finish_non_exhaustive()
+    }
+}
+
+impl HttpBody for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = grpc_status(trailers).unwrap_or(Code::Unknown);
+                    this.call.end(Some(code));
+                }
+            }
+            // The stream broke, or ended without trailers.
+            Poll::Ready(Some(Err(_))) => this.call.end(Some(Code::Unavailable)),
+            Poll::Ready(None) => this.call.end(Some(Code::Internal)),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_spec_says() {
+        let parse = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-timeout", http::HeaderValue::from_static(v));
+            grpc_timeout(&h)
+        };
+        assert_eq!(parse("1S"), Some(Duration::from_secs(1)));
+        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(parse("5n"), Some(Duration::from_nanos(5)));
+        assert_eq!(parse("123456789S"), None, "more than 8 digits");
+        assert_eq!(parse("S"), None);
+        assert_eq!(parse("10x"), None);
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+}

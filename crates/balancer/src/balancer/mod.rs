@@ -1,0 +1,256 @@
+//! The balanced channel: a cheap, clonable handle that picks a READY sub-channel for each RPC
+//! and sends it there. It implements `tower::Service<http::Request<tonic::body::Body>>`, so a
+//! tonic-generated client runs over it directly.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::uri::Scheme;
+use http::{Request, Response};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::Status;
+use tracing::Instrument;
+
+use crate::connect::Sender;
+use crate::control::Snapshot;
+use crate::picker::{Pick, PickRequest, Picker, RequestHash, ring_hash};
+use crate::published::Published;
+use crate::snapshot::ChannelSnapshot;
+use crate::state::ConnectivityState;
+
+mod call;
+
+use call::{Failed, attempt_span, send_on};
+pub use call::{ResponseBody, Unprocessed, grpc_timeout, is_unprocessed};
+
+/// How many times one RPC is re-picked because the connection it was given closed before
+/// the request could be sent, before it waits for the next picker.
+const MAX_UNSENT_REPICKS: u32 = 3;
+
+/// A load-balanced gRPC channel over the instances of one service.
+///
+/// Cloning is cheap (one reference count); every clone shares the sub-channels. The
+/// connections are closed, after their RPCs in flight finish, when the last clone is dropped.
+///
+/// # Examples
+///
+/// ```no_run
+/// use switchboard_balancer::Balancer;
+/// use switchboard_resolver::StaticResolver;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let resolver = StaticResolver::from_target("direct:///127.0.0.1:50051,127.0.0.1:50052")?;
+/// let channel = Balancer::builder().target("user.rpc").build_from(&resolver)?;
+/// channel.ready(std::time::Duration::from_secs(5)).await?;
+/// // let mut client = UserClient::new(channel.clone());
+/// println!("{:?}", channel.snapshot());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Balancer {
+    handle: Arc<Handle>,
+}
+
+pub(crate) struct Handle {
+    pub(crate) inner: Arc<Published<Sender>>,
+    pub(crate) scheme: Scheme,
+    pub(crate) wait_for_ready: bool,
+    pub(crate) track_rtt: bool,
+    /// The metadata entry whose value `ring_hash` hashes, if any.
+    pub(crate) hash_header: Option<http::HeaderName>,
+    /// Dropped with the last handle: stops the worker.
+    pub(crate) _close: tokio::sync::oneshot::Sender<()>,
+}
+
+impl std::fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balancer")
+            .field("target", &self.handle.inner.target)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// A request extension that sets gRPC's wait-for-ready for one RPC, overriding
+/// [`Builder::wait_for_ready`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitForReady(pub bool);
+
+impl Balancer {
+    pub(crate) fn new(handle: Arc<Handle>) -> Self {
+        Self { handle }
+    }
+
+    /// The channel's connectivity state: READY if any sub-channel is READY, else CONNECTING if
+    /// any is connecting (or the first resolution is pending), else IDLE if any is, else
+    /// TRANSIENT_FAILURE (also with no instances).
+    pub fn state(&self) -> ConnectivityState {
+        self.handle.inner.state()
+    }
+
+    /// Waits until the state differs from `current`, and returns the new state (gRPC's
+    /// `WaitForStateChange`).
+    pub async fn wait_for_state_change(&self, current: ConnectivityState) -> ConnectivityState {
+        let mut rx = self.handle.inner.watch_state();
+        match rx.wait_for(|s| *s != current).await {
+            Ok(s) => *s,
+            Err(_) => ConnectivityState::Shutdown,
+        }
+    }
+
+    /// A receiver of every state change, for those who prefer a `watch`.
+    pub fn watch_state(&self) -> watch::Receiver<ConnectivityState> {
+        self.handle.inner.watch_state()
+    }
+
+    /// Waits, at most `timeout`, until some sub-channel is READY. The error is UNAVAILABLE
+    /// with the last connection error, or DEADLINE_EXCEEDED.
+    pub async fn ready(&self, timeout: Duration) -> Result<(), Status> {
+        let mut rx = self.handle.inner.watch_state();
+        let wait =
+            rx.wait_for(|s| matches!(s, ConnectivityState::Ready | ConnectivityState::Shutdown));
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(s)) if *s == ConnectivityState::Ready => Ok(()),
+            Ok(_) => Err(Status::unavailable(format!(
+                "the channel to {} is closed",
+                self.handle.inner.target
+            ))),
+            Err(_) => {
+                let why = match &**self.handle.inner.load() {
+                    Snapshot::Fail(status) => status.message().to_owned(),
+                    _ => format!("still {}", self.state()),
+                };
+                Err(Status::deadline_exceeded(format!(
+                    "{} not READY within {timeout:?}: {why}",
+                    self.handle.inner.target
+                )))
+            }
+        }
+    }
+
+    /// A channelz-like snapshot: the state, and per sub-channel its address, state, counters
+    /// and last error.
+    pub fn snapshot(&self) -> ChannelSnapshot {
+        self.handle.inner.snapshot()
+    }
+
+    /// Sends one request on a sub-channel picked for it, waiting for a READY one as gRPC
+    /// does, never past the request's deadline.
+    async fn send(
+        self,
+        mut request: Request<tonic::body::Body>,
+    ) -> Result<Response<ResponseBody>, Status> {
+        let handle = &*self.handle;
+        let inner = &*handle.inner;
+        let mut deadline: Option<Option<Instant>> = None;
+        let mut unsent = 0u32;
+        loop {
+            let generation = inner.generation();
+            // Peak-EWMA reads the clock once: for the pick and for the latency sample.
+            let now = handle.track_rtt.then(std::time::Instant::now);
+            let picked = match &**inner.load() {
+                Snapshot::Pick(picker) if picker.reads_request() => {
+                    let request = PickRequest {
+                        path: request.uri().path(),
+                        headers: request.headers(),
+                        hash: request_hash(&request, handle.hash_header.as_ref()),
+                        now: now.unwrap_or_else(std::time::Instant::now),
+                    };
+                    match picker.pick_for(&request) {
+                        Pick::Ready(ready) => Ok(ready.clone()),
+                        Pick::Queue => Err(None),
+                        Pick::Fail(status) => Err(Some(status)),
+                    }
+                }
+                Snapshot::Pick(picker) => {
+                    match now.map_or_else(|| picker.pick(), |now| picker.pick_at(now)) {
+                        Pick::Ready(ready) => Ok(ready.clone()),
+                        Pick::Queue => Err(None),
+                        Pick::Fail(status) => Err(Some(status)),
+                    }
+                }
+                Snapshot::Queue => Err(None),
+                Snapshot::Fail(status) => Err(Some(status.clone())),
+            };
+            let status = match picked {
+                Ok(ready) => {
+                    let span = attempt_span(&inner.target, &ready.0.sub.addr, &request);
+                    match send_on(handle, &ready, request, now).instrument(span).await {
+                        Ok(response) => return Ok(response),
+                        Err(Failed::Sent(status)) => return Err(status),
+                        Err(Failed::Unsent(back, why)) => {
+                            request = back;
+                            unsent += 1;
+                            tracing::debug!(addr = %ready.0.sub.addr, error = %why, "connection closed before the request was sent: picking again");
+                            if unsent < MAX_UNSENT_REPICKS {
+                                continue;
+                            }
+                            unsent = 0;
+                            None
+                        }
+                    }
+                }
+                Err(status) => status,
+            };
+            let wait_for_ready = request
+                .extensions()
+                .get::<WaitForReady>()
+                .map_or(handle.wait_for_ready, |w| w.0);
+            if let Some(status) = status {
+                if !wait_for_ready {
+                    return Err(status);
+                }
+            }
+            let deadline = *deadline
+                .get_or_insert_with(|| grpc_timeout(request.headers()).map(|t| Instant::now() + t));
+            if !inner.changed_since(generation, deadline).await {
+                let why = match &**inner.load() {
+                    Snapshot::Fail(status) => status.message().to_owned(),
+                    _ => format!("the channel is {}", inner.state()),
+                };
+                return Err(Status::deadline_exceeded(format!(
+                    "deadline exceeded while waiting for a READY instance of {}: {why}",
+                    inner.target
+                )));
+            }
+        }
+    }
+}
+
+/// The hash `ring_hash` routes `request` by: its [`RequestHash`] extension, else the hash of
+/// the `header` entry's value (gRFC A76's `request_hash_header`), else none.
+fn request_hash<B>(request: &Request<B>, header: Option<&http::HeaderName>) -> Option<u64> {
+    if let Some(hash) = request.extensions().get::<RequestHash>() {
+        return Some(hash.0);
+    }
+    let value = request.headers().get(header?)?;
+    Some(ring_hash::hash_key(value.as_bytes()))
+}
+
+/// The error of a [`Balancer`] call: a boxed [`tonic::Status`], which tonic unboxes.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What [`Balancer`]'s `call` returns.
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
+
+impl tower_service::Service<Request<tonic::body::Body>> for Balancer {
+    type Response = Response<ResponseBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    /// Always ready: an RPC waits for a READY sub-channel inside `call`, bounded by its
+    /// deadline.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.send(request).await.map_err(Into::into) })
+    }
+}
