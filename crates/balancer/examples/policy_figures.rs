@@ -10,10 +10,11 @@
 //!   the first 20) and against every client connecting to every instance. The RPC load of an
 //!   instance assumes each client sends the same number of RPCs, spread evenly over its subset.
 //!   Churn is averaged over 100 instances leaving (one at a time) and 100 instances joining.
-//! - **Ring hash**: 100 instances of weight 1 and 100 000 random request keys ([`RingHash`], gRFC
-//!   A42), with the default ring, a larger one, and one that `max_ring_size` caps (so that the
-//!   instances' shares of it are not whole), against `hash % n`. Churn is averaged over each of
-//!   the 100 instances leaving and 100 new instances joining (one at a time).
+//! - **Ring hash**: 100 instances of weight 1 and 100 000 random request keys ([`RingHash`]: A42's
+//!   ring with go-zero's fixed entries per instance), with the default settings and with a ring
+//!   that `max_ring_size` caps (so that each instance's number of entries depends on how many
+//!   there are), against `hash % n`. Churn is averaged over each of the 100 instances leaving
+//!   and 100 new instances joining (one at a time).
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -22,7 +23,9 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use switchboard_balancer::picker::Pick;
-use switchboard_balancer::picker::ring_hash::{DEFAULT_MAX_RING_SIZE, RingHash, hash_key};
+use switchboard_balancer::picker::ring_hash::{
+    DEFAULT_ENTRIES_PER_WEIGHT, DEFAULT_MAX_RING_SIZE, RingHash, hash_key,
+};
 use switchboard_balancer::subset::random_subset;
 
 const INSTANCES: usize = 1_000;
@@ -33,8 +36,9 @@ const CHURN_SAMPLES: usize = 100;
 
 const RING_INSTANCES: usize = 100;
 const KEYS: usize = 100_000;
-/// The `min_ring_size` of each ring compared, all with the default `max_ring_size` (4096).
-const MIN_RING_SIZES: [usize; 3] = [1024, 4000, 4096];
+/// The `max_ring_size` of each ring compared, all with the default entries per weight (100): the
+/// default, and one that 100 instances exceed.
+const MAX_RING_SIZES: [usize; 2] = [DEFAULT_MAX_RING_SIZE, 4096];
 
 fn main() {
     let started = Instant::now();
@@ -275,8 +279,14 @@ struct RingFigures {
     entries: Option<usize>,
     /// Mean and largest share of keys moved when one instance leaves.
     leave: (f64, f64),
+    /// Mean and largest share of keys moved when one instance leaves, among those that were not
+    /// on it.
+    leave_others: (f64, f64),
     /// Mean and largest share of keys moved when one instance joins.
     join: (f64, f64),
+    /// Mean and largest share of keys moved when one instance joins, to an instance other than
+    /// the new one.
+    join_others: (f64, f64),
 }
 
 fn ring_hash() {
@@ -285,9 +295,9 @@ fn ring_hash() {
         .map(|_| hash_key(format!("session-{:016x}", rng.random::<u64>()).as_bytes()))
         .collect();
 
-    let ring_of = |min: usize| {
+    let ring_of = |max: usize| {
         move |instances: &[usize], hashes: &[u64]| -> Vec<usize> {
-            let ring = ring(instances, min);
+            let ring = ring(instances, max);
             hashes
                 .iter()
                 .map(|&h| match ring.pick_hash(h) {
@@ -305,9 +315,9 @@ fn ring_hash() {
             .collect()
     };
     let all: Vec<usize> = (0..RING_INSTANCES).collect();
-    let mut columns: Vec<RingFigures> = MIN_RING_SIZES
+    let mut columns: Vec<RingFigures> = MAX_RING_SIZES
         .iter()
-        .map(|&min| ring_figures(&hashes, &ring_of(min), Some(ring(&all, min).ring_size())))
+        .map(|&max| ring_figures(&hashes, &ring_of(max), Some(ring(&all, max).ring_size())))
         .collect();
     columns.push(ring_figures(&hashes, &modulo, None));
 
@@ -317,10 +327,10 @@ fn ring_hash() {
     );
     println!();
     println!(
-        "| | `ring_hash`, min_ring_size 1024 (default) | `ring_hash`, min_ring_size 4000 \
-         | `ring_hash`, min_ring_size 4096 (capped by max 4096) | `hash % n` |"
+        "| | `ring_hash`, default (100 entries per weight, max 2^20) \
+         | `ring_hash`, capped (100 entries per weight, max 4096) | `hash % n` |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|");
     let row = |name: &str, cell: &dyn Fn(&RingFigures) -> String| {
         let cells: Vec<String> = columns.iter().map(cell).collect();
         println!("| {name} | {} |", cells.join(" | "));
@@ -350,26 +360,35 @@ fn ring_hash() {
     row("one instance leaves: keys remapped (ideal 1%)", &|f| {
         moved(f.leave)
     });
+    row(
+        "one instance leaves: keys of the others remapped (ideal 0)",
+        &|f| moved(f.leave_others),
+    );
     row("one instance joins: keys remapped (ideal 0.99%)", &|f| {
         moved(f.join)
     });
+    row(
+        "one instance joins: keys remapped to an old instance (ideal 0)",
+        &|f| moved(f.join_others),
+    );
     println!();
     println!(
-        "With min_ring_size 4000 the 99 instances left get ceil(4000 / 99) = 41 entries each \
-         instead of 40, and the new entries take keys from every instance. With 4096 the ring is \
-         capped at max_ring_size, and the shares of it (40.96 each) are rounded anew when an \
-         instance leaves or joins."
+        "By default each instance has 100 entries whatever the others, so only the keys of the \
+         instance that leaves or joins move. Capped at 4096, each instance has \
+         ceil(4096 / n) entries: 41 for 100 or 101 instances, so a join still moves only the \
+         new instance's keys, but 42 for the 99 left after a leave, and their extra entries \
+         take keys from one another."
     );
 }
 
 /// The ring over the given instances (numbers, keyed by [`instance_key`]), all of weight 1.
-fn ring(instances: &[usize], min_ring_size: usize) -> RingHash<(usize, String)> {
+fn ring(instances: &[usize], max_ring_size: usize) -> RingHash<(usize, String)> {
     RingHash::new(
         instances.iter().map(|&i| (i, instance_key(i))).collect(),
         0,
         |(_, key)| (key.as_str(), 1),
-        min_ring_size,
-        DEFAULT_MAX_RING_SIZE,
+        DEFAULT_ENTRIES_PER_WEIGHT,
+        max_ring_size,
     )
 }
 
@@ -384,29 +403,51 @@ fn ring_figures(hashes: &[u64], place: &Placement, entries: Option<usize>) -> Ri
     for &i in &before {
         counts[i] += 1;
     }
-    let share_moved = |after: &[usize]| {
-        before.iter().zip(after).filter(|(a, b)| a != b).count() as f64 / hashes.len() as f64
+    // The share of keys moved, and the share moved between instances other than `except`.
+    let share_moved = |after: &[usize], except: usize| {
+        let moved = |pair: &(&usize, &usize)| pair.0 != pair.1;
+        let others = |pair: &(&usize, &usize)| *pair.0 != except && *pair.1 != except;
+        let pairs = || before.iter().zip(after);
+        let share = |count: usize| count as f64 / hashes.len() as f64;
+        (
+            share(pairs().filter(moved).count()),
+            share(pairs().filter(moved).filter(others).count()),
+        )
+    };
+    // The mean and largest of the shares moved, and of those moved between other instances.
+    let summarise = |shares: &[(f64, f64)]| {
+        let n = shares.len() as f64;
+        let mean_max = |values: &mut dyn Iterator<Item = f64>| {
+            let (sum, max) = values.fold((0.0, 0.0f64), |(s, m), v| (s + v, m.max(v)));
+            (sum / n, max)
+        };
+        (
+            mean_max(&mut shares.iter().map(|s| s.0)),
+            mean_max(&mut shares.iter().map(|s| s.1)),
+        )
     };
 
-    let (mut leave_sum, mut leave_max) = (0.0, 0.0f64);
-    for gone in 0..RING_INSTANCES {
-        let rest: Vec<usize> = all.iter().copied().filter(|&i| i != gone).collect();
-        let moved = share_moved(&place(&rest, hashes));
-        leave_sum += moved;
-        leave_max = leave_max.max(moved);
-    }
-    let (mut join_sum, mut join_max) = (0.0, 0.0f64);
-    for extra in 0..RING_INSTANCES {
-        let mut more = all.clone();
-        more.push(RING_INSTANCES + extra);
-        let moved = share_moved(&place(&more, hashes));
-        join_sum += moved;
-        join_max = join_max.max(moved);
-    }
+    let leaves: Vec<(f64, f64)> = (0..RING_INSTANCES)
+        .map(|gone| {
+            let rest: Vec<usize> = all.iter().copied().filter(|&i| i != gone).collect();
+            share_moved(&place(&rest, hashes), gone)
+        })
+        .collect();
+    let joins: Vec<(f64, f64)> = (0..RING_INSTANCES)
+        .map(|extra| {
+            let mut more = all.clone();
+            more.push(RING_INSTANCES + extra);
+            share_moved(&place(&more, hashes), RING_INSTANCES + extra)
+        })
+        .collect();
+    let (leave, leave_others) = summarise(&leaves);
+    let (join, join_others) = summarise(&joins);
     RingFigures {
         per_instance: Summary::of(&counts),
         entries,
-        leave: (leave_sum / RING_INSTANCES as f64, leave_max),
-        join: (join_sum / RING_INSTANCES as f64, join_max),
+        leave,
+        leave_others,
+        join,
+        join_others,
     }
 }

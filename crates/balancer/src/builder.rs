@@ -66,9 +66,10 @@ pub struct Builder {
 /// `ring_hash`'s options; see [`Builder::ring_hash`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RingHashOptions {
-    /// The smallest ring: 1024 entries (gRFC A42).
-    pub min_ring_size: usize,
-    /// The largest ring: 4096 entries (grpc-go's default cap).
+    /// The entries on the ring per unit of weight: 100, as go-zero's `consistent_hash`.
+    pub entries_per_weight: usize,
+    /// The largest ring: 2^20 entries; above it the entries are scaled down and remapping is no
+    /// longer minimal.
     pub max_ring_size: usize,
     /// The metadata entry whose value is hashed to route an RPC (gRFC A76's
     /// `request_hash_header`), e.g. `x-user-id`. A [`RequestHash`](crate::picker::RequestHash)
@@ -79,7 +80,7 @@ pub struct RingHashOptions {
 impl Default for RingHashOptions {
     fn default() -> Self {
         Self {
-            min_ring_size: crate::picker::ring_hash::DEFAULT_MIN_RING_SIZE,
+            entries_per_weight: crate::picker::ring_hash::DEFAULT_ENTRIES_PER_WEIGHT,
             max_ring_size: crate::picker::ring_hash::DEFAULT_MAX_RING_SIZE,
             hash_header: None,
         }
@@ -345,7 +346,10 @@ impl Builder {
             outlier: self.outlier_detection.clone(),
             pick_first: self.pick_first,
             choice_count: self.choice_count,
-            ring: (self.ring_hash.min_ring_size, self.ring_hash.max_ring_size),
+            ring: (
+                self.ring_hash.entries_per_weight,
+                self.ring_hash.max_ring_size,
+            ),
             custom: self.custom.clone(),
             subset_size: self.subset_size,
             locality: self.locality.clone(),

@@ -107,7 +107,7 @@ pub(crate) struct Config {
     pub(crate) pick_first: PickFirstOptions,
     /// `least_request`'s candidates per pick.
     pub(crate) choice_count: u32,
-    /// `ring_hash`'s ring size bounds.
+    /// `ring_hash`'s (entries per weight, max ring size).
     pub(crate) ring: (usize, usize),
     /// A user's policy, in place of `policy`.
     pub(crate) custom: Option<CustomPolicy>,

@@ -26,7 +26,7 @@
 //! | [`P2c`] | `p2c_peak_ewma` | the same, by peak-EWMA RTT × (in-flight + 1) | Finagle `P2CPeakEwma`; tower `load::PeakEwma` |
 //! | [`WeightedRoundRobin`] | `weighted_round_robin` | round-robin in proportion to the registered weights | gRPC C++ `StaticStrideScheduler`, gRFC A58 |
 //! | [`LeastRequest`] | `least_request` | the fewest in flight of `choice_count` (default 2) random endpoints | grpc-go `balancer/leastrequest`, gRFC A48 |
-//! | [`RingHash`] | `ring_hash` | consistent hashing of the request's hash ([`PickRequest::hash`]) on a ring | grpc-go `balancer/ringhash`, gRFC A42, A76 |
+//! | [`RingHash`] | `ring_hash` | consistent hashing of the request's hash ([`PickRequest::hash`]) on a ring | grpc-go `balancer/ringhash`, gRFC A42, A76; go-zero `consistent_hash` |
 //!
 //! A policy of one's own implements [`BuildPicker`]: it is given the READY endpoints whenever
 //! they change and returns a [`PickByIndex`], which sees each RPC's [`PickRequest`] (path,
@@ -246,7 +246,8 @@ pub enum Policy {
     /// endpoints (gRFC A48).
     LeastRequest,
     /// `ring_hash`: consistent hashing of a request key onto a ring of the READY endpoints
-    /// (gRFC A42), so that a key keeps its endpoint while others come and go.
+    /// (gRFC A42's hash, go-zero's 100 entries per unit of weight), so that a key keeps its
+    /// endpoint while others come and go.
     RingHash,
 }
 
@@ -303,7 +304,7 @@ impl Policy {
                 ready,
                 seed,
                 |e| (e.key(), e.weight()),
-                ring_hash::DEFAULT_MIN_RING_SIZE,
+                ring_hash::DEFAULT_ENTRIES_PER_WEIGHT,
                 ring_hash::DEFAULT_MAX_RING_SIZE,
             )),
         }

@@ -629,7 +629,9 @@ proptest! {
         seed: u64,
         sticky in 0usize..250,
         loads in proptest::collection::vec(0u64..5, 200),
-        weights in proptest::collection::vec(0u32..1_000, 200),
+        // Small weights: `ring_hash` gives 100 entries per unit of weight, and larger rings
+        // only slow the test down.
+        weights in proptest::collection::vec(0u32..20, 200),
     ) {
         for policy in Policy::ALL {
             let ready: Vec<Mock> = (0..n)
