@@ -327,7 +327,7 @@ fn ring_hash() {
     );
     println!();
     println!(
-        "| | `ring_hash`, default (100 entries per weight, max 2^20) \
+        "| | `ring_hash`, default (100 entries per weight, max 2^18) \
          | `ring_hash`, capped (100 entries per weight, max 4096) | `hash % n` |"
     );
     println!("|---|---|---|---|");

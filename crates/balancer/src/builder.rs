@@ -68,7 +68,7 @@ pub struct Builder {
 pub struct RingHashOptions {
     /// The entries on the ring per unit of weight: 100, as go-zero's `consistent_hash`.
     pub entries_per_weight: usize,
-    /// The largest ring: 2^20 entries; above it the entries are scaled down and remapping is no
+    /// The largest ring: 2^18 entries; above it the entries are scaled down and remapping is no
     /// longer minimal.
     pub max_ring_size: usize,
     /// The metadata entry whose value is hashed to route an RPC (gRFC A76's

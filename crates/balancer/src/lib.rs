@@ -10,6 +10,15 @@
 //! a new picker ([`Policy`]) is built and swapped in atomically, so an RPC's pick is one
 //! atomic load and a few atomic operations, with no lock, no allocation and no task hop.
 //!
+//! Every fact about every sub-channel is owned by one synchronous control core (no tokio in
+//! it, time and randomness passed in), which turns resolver updates, connection events, health
+//! messages and ticks into orders for the sub-channels' tasks and pickers for the channel; the
+//! tasks around it only do I/O. Besides the policies of [`Policy`] (round-robin, pick-first one
+//! instance at a time, p2c, peak-EWMA, weighted round-robin, least-request, ring-hash), a user's
+//! own plugs in through [`picker::BuildPicker`]; random subsetting
+//! ([`Builder::subset_size`]) bounds the connections of a client, and [`Locality`] prefers the
+//! client's zone.
+//!
 //! Removed instances leave the picker at once; their RPCs in flight, streams included,
 //! finish before the connection closes (bounded by a drain timeout). An instance whose address
 //! changes under the same key keeps serving on the old address until the new one is READY.

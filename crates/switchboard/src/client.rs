@@ -143,6 +143,7 @@ impl Client {
                     .map(|o| o.settings())
                     .transpose()?,
             );
+        builder = crate::config::apply_balancing(&config, builder);
         if let Some(k) = config.keepalive_time {
             builder = builder.keepalive(Some(k));
         }

@@ -15,6 +15,11 @@ use switchboard_resolver::Format;
 use crate::duration;
 use crate::error::Error;
 
+mod balancing;
+
+pub(crate) use balancing::apply as apply_balancing;
+pub use balancing::{LeastRequestSection, LocalitySection, PickFirstSection, RingHashSection};
+
 /// A client's configuration.
 ///
 /// # Examples
@@ -71,7 +76,7 @@ pub struct ClientConfig {
     )]
     pub keepalive_timeout: Option<Duration>,
     /// The load-balancing policy: `round_robin` (default), `pick_first`, `p2c`,
-    /// `p2c_peak_ewma`, `weighted_round_robin`.
+    /// `p2c_peak_ewma`, `weighted_round_robin`, `least_request`, `ring_hash`.
     #[serde(default, alias = "policy", deserialize_with = "policy")]
     pub policy: Policy,
     /// How long `Client::connect` waits for a READY instance. Defaults to 3 s.
@@ -100,6 +105,23 @@ pub struct ClientConfig {
     /// Outlier detection (gRFC A50): off unless set.
     #[serde(default, alias = "outlier_detection")]
     pub outlier_detection: Option<OutlierSection>,
+    /// `pick_first`'s connections: one instance at a time, 250 ms apart, only the chosen one
+    /// kept unless `KeepWarm`.
+    #[serde(default, alias = "pick_first")]
+    pub pick_first: Option<PickFirstSection>,
+    /// `least_request`'s candidates per pick (2 to 10; 2 by default).
+    #[serde(default, alias = "least_request")]
+    pub least_request: Option<LeastRequestSection>,
+    /// `ring_hash`'s request key (`HashHeader`) and ring.
+    #[serde(default, alias = "ring_hash")]
+    pub ring_hash: Option<RingHashSection>,
+    /// Connect to at most this many instances (random subsetting, gRFC A68); every instance
+    /// unless set.
+    #[serde(default, alias = "subset_size")]
+    pub subset_size: Option<usize>,
+    /// Prefer the instances registered in the client's zone.
+    #[serde(default, alias = "locality")]
+    pub locality: Option<LocalitySection>,
     /// Connection backoff; the gRPC spec's by default.
     #[serde(default, alias = "backoff")]
     pub backoff: Option<BackoffSection>,
@@ -435,6 +457,11 @@ impl Default for ClientConfig {
             wait_for_ready: false,
             health_check: None,
             outlier_detection: None,
+            pick_first: None,
+            least_request: None,
+            ring_hash: None,
+            subset_size: None,
+            locality: None,
             backoff: None,
             retry: None,
             service_config: None,
@@ -605,6 +632,7 @@ impl ClientConfig {
         if let Some(o) = &self.outlier_detection {
             o.settings()?;
         }
+        balancing::validate(&self)?;
         if let Some(text) = &self.service_config {
             crate::service_config::ServiceConfig::parse(text)?;
         }

@@ -220,7 +220,7 @@ fn load_balancing_config(value: &Value, path: &str) -> Result<Policy, Error> {
     }
     Err(Error::config(format!(
         "{path}: names no supported policy ({names:?}); supported: round_robin, pick_first, \
-         weighted_round_robin, p2c, p2c_peak_ewma"
+         weighted_round_robin, p2c, p2c_peak_ewma, least_request, ring_hash"
     )))
 }
 

@@ -131,7 +131,7 @@ fn config(policy: Policy) -> Config {
         outlier: None,
         pick_first: PickFirstOptions::default(),
         choice_count: 2,
-        ring: (100, 1 << 20),
+        ring: (100, 1 << 18),
         custom: None,
         subset_size: None,
         locality: None,

@@ -1,6 +1,8 @@
-//! A sub-channel: one HTTP/2 connection to one instance, and the task that keeps it up.
+//! A sub-channel's I/O: one HTTP/2 connection to one instance, and the task that keeps it as
+//! the control core orders.
 //!
-//! The task runs gRPC's connectivity state machine (see [`ConnectivityState`]):
+//! The task runs gRPC's connectivity state machine (see [`ConnectivityState`]) and reports each
+//! state to the core, which owns every fact about the sub-channel:
 //!
 //! ```text
 //!            ┌──────────── connection lost (GOAWAY) ─────────────┐
@@ -11,13 +13,16 @@
 //!  failed or v   │                                               │ keepalive timeout
 //!  timed out TRANSIENT_FAILURE <─────────────────────────────────┘
 //!
-//!  any state ── removed from the resolver ──> (drain in-flight RPCs) ──> SHUTDOWN
+//!  any state ── Drain ──> (drain in-flight RPCs) ──> SHUTDOWN
 //! ```
 //!
-//! A sub-channel whose instance moved to another address is *retired*: its READY connection
-//! keeps serving until the new address is READY (the balancer then drains it), but never past
-//! its retirement deadline (the drain timeout), and it never connects again: a connection lost
-//! after retirement, or a retirement while not READY, ends in SHUTDOWN.
+//! Its orders ([`Order`]): `Run` keeps it connected. `Idle` (pick_first's instances other than
+//! the chosen one) stops an attempt, or closes a READY connection once its RPCs are done, and
+//! waits for `Run`; a sub-channel in TRANSIENT_FAILURE stays so (gRPC has no
+//! TRANSIENT_FAILURE → IDLE) but makes no attempt. `Retire` (its instance moved) keeps a READY
+//! connection serving until the core drains it, never past the retirement deadline, and never
+//! connects again: a connection lost after retirement, or a retirement while not READY, ends in
+//! SHUTDOWN. `Drain` closes it for good once its RPCs are done (within the drain timeout).
 //!
 //! Connection attempts follow the gRPC connection-backoff spec ([`ConnectBackoff`]). A
 //! connection that was READY is replaced at once when it is lost (the backoff starts over

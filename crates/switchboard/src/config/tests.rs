@@ -127,3 +127,54 @@ fn files_are_read_by_extension() {
     let missing = ClientConfig::from_file(dir.join("missing.yaml")).expect_err("missing");
     assert!(missing.to_string().contains("cannot read"));
 }
+
+#[test]
+fn balancing_sections_read_and_bad_values_name_the_field() {
+    let config = ClientConfig::from_yaml(
+        "Endpoints: [127.0.0.1:1]\n\
+         Policy: ring_hash\n\
+         RingHash: {HashHeader: x-user-id, EntriesPerWeight: 200}\n\
+         SubsetSize: 20\n\
+         Locality: {Zone: eu-west-1a, MinHealthyPercent: 50}\n\
+         PickFirst: {AttemptDelay: 100ms, KeepWarm: true}\n\
+         LeastRequest: {ChoiceCount: 3}\n",
+    )
+    .expect("valid");
+    assert_eq!(config.policy, switchboard_balancer::Policy::RingHash);
+    assert_eq!(config.subset_size, Some(20));
+    let ring = config.ring_hash.as_ref().expect("RingHash");
+    assert_eq!(
+        (ring.hash_header.as_deref(), ring.entries_per_weight),
+        (Some("x-user-id"), Some(200))
+    );
+    let locality = config.locality.as_ref().expect("Locality");
+    assert_eq!(
+        (locality.zone.as_str(), locality.min_healthy_percent),
+        ("eu-west-1a", Some(50))
+    );
+    let pick_first = config.pick_first.as_ref().expect("PickFirst");
+    assert_eq!(
+        (pick_first.attempt_delay, pick_first.keep_warm),
+        (Some(std::time::Duration::from_millis(100)), true)
+    );
+    for (yaml, message) in [
+        ("SubsetSize: 0", "SubsetSize: must be at least 1"),
+        (
+            "LeastRequest: {ChoiceCount: 11}",
+            "LeastRequest.ChoiceCount: 11 is not between 2 and 10",
+        ),
+        ("Locality: {Zone: ' '}", "Locality.Zone: is empty"),
+        (
+            "RingHash: {HashHeader: 'x user'}",
+            "RingHash.HashHeader: \"x user\" is not a metadata key",
+        ),
+        (
+            "PickFirst: {AttemptDelay: 0}",
+            "PickFirst.AttemptDelay: must be positive",
+        ),
+        ("Policy: maglev", "maglev"),
+    ] {
+        let e = error(&format!("Endpoints: [127.0.0.1:1]\n{yaml}\n"));
+        assert!(e.contains(message), "{yaml}: {e}");
+    }
+}
