@@ -10,19 +10,12 @@ use switchboard_balancer::{
 use switchboard_resolver::Update;
 use switchboard_testkit::TestServer;
 use switchboard_tests::balancing::{
-    balancer as start_balancer, call, client, instance, send, wait_ready, wait_snapshot,
+    balance_over, balancer as start_balancer, call, client, instance, send, servers, wait_ready,
+    wait_snapshot,
 };
 use switchboard_tests::init_tracing;
 
 const T: Duration = Duration::from_secs(10);
-
-async fn servers(names: &[&str]) -> Result<Vec<TestServer>> {
-    let mut out = Vec::new();
-    for name in names {
-        out.push(TestServer::start(name).await?);
-    }
-    Ok(out)
-}
 
 async fn counts(balancer: &Balancer, calls: usize) -> Result<BTreeMap<String, usize>> {
     let mut client = client(balancer);
@@ -37,12 +30,7 @@ async fn counts(balancer: &Balancer, calls: usize) -> Result<BTreeMap<String, us
 async fn round_robin_spreads_calls_evenly_over_three_instances() -> Result<()> {
     init_tracing();
     let servers = servers(&["a", "b", "c"]).await?;
-    let (publisher, balancer) = start_balancer(Balancer::builder())?;
-    let all = servers
-        .iter()
-        .map(|s| instance(s.name(), s.addr()))
-        .collect();
-    send(&publisher, Update::Reset(all)).await?;
+    let (publisher, balancer) = balance_over(Balancer::builder(), &servers).await?;
     wait_ready(&balancer, 3).await?;
     assert_eq!(balancer.state(), ConnectivityState::Ready);
 
@@ -125,12 +113,8 @@ async fn weighted_round_robin_follows_the_registered_weights() -> Result<()> {
 async fn pick_first_connects_to_one_instance_and_fails_over_in_order() -> Result<()> {
     init_tracing();
     let mut servers = servers(&["p1", "p2", "p3"]).await?;
-    let (publisher, balancer) = start_balancer(Balancer::builder().policy(Policy::PickFirst))?;
-    let all = servers
-        .iter()
-        .map(|s| instance(s.name(), s.addr()))
-        .collect();
-    send(&publisher, Update::Reset(all)).await?;
+    let (publisher, balancer) =
+        balance_over(Balancer::builder().policy(Policy::PickFirst), &servers).await?;
     let p1 = servers[0].addr().to_string();
     let p2 = servers[1].addr().to_string();
     let p3 = servers[2].addr().to_string();
@@ -189,18 +173,14 @@ async fn pick_first_connects_to_one_instance_and_fails_over_in_order() -> Result
 async fn pick_first_kept_warm_sticks_to_one_instance_then_fails_over_in_order() -> Result<()> {
     init_tracing();
     let mut servers = servers(&["p1", "p2", "p3"]).await?;
-    let (publisher, balancer) =
-        start_balancer(Balancer::builder().policy(Policy::PickFirst).pick_first(
-            PickFirstOptions {
-                keep_warm: true,
-                ..PickFirstOptions::default()
-            },
-        ))?;
-    let all = servers
-        .iter()
-        .map(|s| instance(s.name(), s.addr()))
-        .collect();
-    send(&publisher, Update::Reset(all)).await?;
+    let warm = PickFirstOptions {
+        keep_warm: true,
+        ..PickFirstOptions::default()
+    };
+    let builder = Balancer::builder()
+        .policy(Policy::PickFirst)
+        .pick_first(warm);
+    let (publisher, balancer) = balance_over(builder, &servers).await?;
     let p1 = servers[0].addr().to_string();
     let p2 = servers[1].addr().to_string();
     wait_snapshot(&balancer, "three READY, p1 picked", |s| {
@@ -251,12 +231,8 @@ async fn p2c_keeps_calls_away_from_a_slow_instance() -> Result<()> {
     init_tracing();
     let servers = servers(&["fast1", "fast2", "slow"]).await?;
     servers[2].set_delay(Duration::from_millis(200));
-    let (publisher, balancer) = start_balancer(Balancer::builder().policy(Policy::P2c))?;
-    let all = servers
-        .iter()
-        .map(|s| instance(s.name(), s.addr()))
-        .collect();
-    send(&publisher, Update::Reset(all)).await?;
+    let (publisher, balancer) =
+        balance_over(Balancer::builder().policy(Policy::P2c), &servers).await?;
     wait_ready(&balancer, 3).await?;
 
     // 16 callers, 50 calls each: the slow instance holds its calls for 200 ms, so its in-flight

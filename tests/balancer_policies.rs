@@ -14,19 +14,12 @@ use switchboard_resolver::{Instance, Update};
 use switchboard_testkit::TestServer;
 use switchboard_testkit::proto::user::GetUserInfoRequest;
 use switchboard_tests::balancing::{
-    balancer as start_balancer, client, instance, send, wait_ready, wait_snapshot,
+    balance_over, balancer as start_balancer, client, instance, send, servers, wait_ready,
+    wait_snapshot,
 };
 use switchboard_tests::init_tracing;
 
 const T: Duration = Duration::from_secs(10);
-
-async fn servers(names: &[&str]) -> Result<Vec<TestServer>> {
-    let mut out = Vec::new();
-    for name in names {
-        out.push(TestServer::start(name).await?);
-    }
-    Ok(out)
-}
 
 /// One call carrying `x-user-id: user` (and a `RequestHash` if given); the instance that
 /// served it.
@@ -49,19 +42,16 @@ async fn ring_hash_keeps_each_key_on_one_instance_and_moves_only_the_keys_of_one
 -> Result<()> {
     init_tracing();
     let servers = servers(&["r1", "r2", "r3", "r4"]).await?;
-    let (publisher, balancer) = start_balancer(
+    let (publisher, balancer) = balance_over(
         Balancer::builder()
             .policy(Policy::RingHash)
             .ring_hash(RingHashOptions {
                 hash_header: Some("x-user-id".into()),
                 ..RingHashOptions::default()
             }),
-    )?;
-    let all = servers
-        .iter()
-        .map(|s| instance(s.name(), s.addr()))
-        .collect();
-    send(&publisher, Update::Reset(all)).await?;
+        &servers,
+    )
+    .await?;
     wait_ready(&balancer, 4).await?;
 
     let users: Vec<String> = (0..60).map(|i| format!("user-{i}")).collect();
@@ -110,16 +100,13 @@ async fn least_request_keeps_calls_away_from_a_slow_instance() -> Result<()> {
     init_tracing();
     let servers = servers(&["fast1", "fast2", "slow"]).await?;
     servers[2].set_delay(Duration::from_millis(200));
-    let (publisher, balancer) = start_balancer(
+    let (publisher, balancer) = balance_over(
         Balancer::builder()
             .policy(Policy::LeastRequest)
             .least_request_choices(3),
-    )?;
-    let all = servers
-        .iter()
-        .map(|s| instance(s.name(), s.addr()))
-        .collect();
-    send(&publisher, Update::Reset(all)).await?;
+        &servers,
+    )
+    .await?;
     wait_ready(&balancer, 3).await?;
     // 16 callers, 30 calls each: the slow instance holds its calls for 200 ms, so with three
     // candidates per pick it is almost never the least loaded while calls pile on it.
@@ -150,12 +137,8 @@ async fn subsetting_connects_to_a_subset_and_replaces_a_member_that_leaves() -> 
     init_tracing();
     let names = ["s1", "s2", "s3", "s4", "s5", "s6"];
     let servers = servers(&names).await?;
-    let (publisher, balancer) = start_balancer(Balancer::builder().subset_size(Some(2)))?;
-    let all = servers
-        .iter()
-        .map(|s| instance(s.name(), s.addr()))
-        .collect();
-    send(&publisher, Update::Reset(all)).await?;
+    let (publisher, balancer) =
+        balance_over(Balancer::builder().subset_size(Some(2)), &servers).await?;
     let s = wait_ready(&balancer, 2).await?;
     ensure!(s.subchannels.len() == 2, "two sub-channels: {s:?}");
     let mut served = BTreeMap::<String, usize>::new();
@@ -200,10 +183,11 @@ async fn locality_keeps_calls_in_the_zone_and_spills_over_when_it_fails() -> Res
         zoned(&servers[2], "zone-b"),
     ];
     send(&publisher, Update::Reset(all)).await?;
-    wait_ready(&balancer, 3).await?;
-    wait_snapshot(&balancer, "the zone's two in the picker", |s| {
-        s.in_picker() == 2
-    })
+    wait_snapshot(
+        &balancer,
+        "three READY, the zone's two in the picker",
+        |s| s.ready() == 3 && s.in_picker() == 2,
+    )
     .await?;
     for i in 0..30 {
         let at = call_as(&balancer, &i.to_string(), None).await?;
@@ -260,12 +244,8 @@ impl BuildPicker for ByShard {
 async fn a_policy_of_ones_own_routes_by_metadata() -> Result<()> {
     init_tracing();
     let servers = servers(&["k0", "k1", "k2"]).await?;
-    let (publisher, balancer) = start_balancer(Balancer::builder().custom_policy(ByShard))?;
-    let all = servers
-        .iter()
-        .map(|s| instance(s.name(), s.addr()))
-        .collect();
-    send(&publisher, Update::Reset(all)).await?;
+    let (publisher, balancer) =
+        balance_over(Balancer::builder().custom_policy(ByShard), &servers).await?;
     wait_ready(&balancer, 3).await?;
     wait_snapshot(&balancer, "three in the picker", |s| s.in_picker() == 3).await?;
     for shard in 0..3 {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use switchboard_balancer::{Balancer, Builder, ChannelSnapshot, ConnectivityState, WaitForReady};
 use switchboard_resolver::{Instance, Publisher, Resolution, Update};
+use switchboard_testkit::TestServer;
 use switchboard_testkit::proto::user::user_client::UserClient;
 use switchboard_testkit::proto::user::{GetUserInfoRequest, WatchEventsRequest};
 use tokio::task::JoinHandle;
@@ -36,6 +37,29 @@ pub async fn send(publisher: &Publisher, update: Update) -> Result<()> {
         bail!("the balancer is gone");
     }
     Ok(())
+}
+
+/// Test servers named `names`, each on a free port of 127.0.0.1.
+pub async fn servers(names: &[&str]) -> Result<Vec<TestServer>> {
+    let mut out = Vec::new();
+    for name in names {
+        out.push(TestServer::start(name).await?);
+    }
+    Ok(out)
+}
+
+/// A balancer from `builder`, given `servers` as its instances (keyed by their names).
+pub async fn balance_over(
+    builder: Builder,
+    servers: &[TestServer],
+) -> Result<(Publisher, Balancer)> {
+    let (publisher, balancer) = balancer(builder)?;
+    let all = servers
+        .iter()
+        .map(|s| instance(s.name(), s.addr()))
+        .collect();
+    send(&publisher, Update::Reset(all)).await?;
+    Ok((publisher, balancer))
 }
 
 /// A typed client over the balancer.

@@ -431,12 +431,7 @@ impl<T: Endpoint> AnyPicker<T> {
             AnyPicker::WeightedRoundRobin(p) => p.pick(),
             AnyPicker::LeastRequest(p) => p.pick(),
             AnyPicker::RingHash(p) => p.pick(),
-            AnyPicker::Custom(p) => p.pick_for(&PickRequest {
-                path: "",
-                headers: &http::HeaderMap::new(),
-                hash: None,
-                now,
-            }),
+            AnyPicker::Custom(p) => p.pick_at(now),
         }
     }
 
@@ -455,6 +450,16 @@ impl<T: Endpoint> AnyPicker<T> {
 }
 
 impl<T> Custom<T> {
+    /// A pick for an RPC nothing is known of.
+    fn pick_at(&self, now: Instant) -> Pick<'_, T> {
+        self.pick_for(&PickRequest {
+            path: "",
+            headers: &http::HeaderMap::new(),
+            hash: None,
+            now,
+        })
+    }
+
     fn pick_for(&self, request: &PickRequest<'_>) -> Pick<'_, T> {
         match self.picker.pick(request) {
             Choice::Index(i) => self.ready.get(i).map_or(Pick::Queue, Pick::Ready),
@@ -474,12 +479,7 @@ impl<T: Endpoint> Picker<T> for AnyPicker<T> {
             AnyPicker::WeightedRoundRobin(p) => p.pick(),
             AnyPicker::LeastRequest(p) => p.pick(),
             AnyPicker::RingHash(p) => p.pick(),
-            AnyPicker::Custom(p) => p.pick_for(&PickRequest {
-                path: "",
-                headers: &http::HeaderMap::new(),
-                hash: None,
-                now: Instant::now(),
-            }),
+            AnyPicker::Custom(p) => p.pick_at(Instant::now()),
         }
     }
 }
