@@ -30,7 +30,7 @@ async fn counts(balancer: &Balancer, calls: usize) -> Result<BTreeMap<String, us
 async fn round_robin_spreads_calls_evenly_over_three_instances() -> Result<()> {
     init_tracing();
     let servers = servers(&["a", "b", "c"]).await?;
-    let (publisher, balancer) = balance_over(Balancer::builder(), &servers).await?;
+    let (_publisher, balancer) = balance_over(Balancer::builder(), &servers).await?;
     wait_ready(&balancer, 3).await?;
     assert_eq!(balancer.state(), ConnectivityState::Ready);
 

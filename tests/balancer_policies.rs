@@ -100,7 +100,7 @@ async fn least_request_keeps_calls_away_from_a_slow_instance() -> Result<()> {
     init_tracing();
     let servers = servers(&["fast1", "fast2", "slow"]).await?;
     servers[2].set_delay(Duration::from_millis(200));
-    let (publisher, balancer) = balance_over(
+    let (_publisher, balancer) = balance_over(
         Balancer::builder()
             .policy(Policy::LeastRequest)
             .least_request_choices(3),
@@ -244,7 +244,7 @@ impl BuildPicker for ByShard {
 async fn a_policy_of_ones_own_routes_by_metadata() -> Result<()> {
     init_tracing();
     let servers = servers(&["k0", "k1", "k2"]).await?;
-    let (publisher, balancer) =
+    let (_publisher, balancer) =
         balance_over(Balancer::builder().custom_policy(ByShard), &servers).await?;
     wait_ready(&balancer, 3).await?;
     wait_snapshot(&balancer, "three in the picker", |s| s.in_picker() == 3).await?;
