@@ -113,7 +113,7 @@ async fn weighted_round_robin_follows_the_registered_weights() -> Result<()> {
 async fn pick_first_connects_to_one_instance_and_fails_over_in_order() -> Result<()> {
     init_tracing();
     let mut servers = servers(&["p1", "p2", "p3"]).await?;
-    let (publisher, balancer) =
+    let (_publisher, balancer) =
         balance_over(Balancer::builder().policy(Policy::PickFirst), &servers).await?;
     let p1 = servers[0].addr().to_string();
     let p2 = servers[1].addr().to_string();
@@ -180,7 +180,7 @@ async fn pick_first_kept_warm_sticks_to_one_instance_then_fails_over_in_order() 
     let builder = Balancer::builder()
         .policy(Policy::PickFirst)
         .pick_first(warm);
-    let (publisher, balancer) = balance_over(builder, &servers).await?;
+    let (_publisher, balancer) = balance_over(builder, &servers).await?;
     let p1 = servers[0].addr().to_string();
     let p2 = servers[1].addr().to_string();
     wait_snapshot(&balancer, "three READY, p1 picked", |s| {
@@ -231,7 +231,7 @@ async fn p2c_keeps_calls_away_from_a_slow_instance() -> Result<()> {
     init_tracing();
     let servers = servers(&["fast1", "fast2", "slow"]).await?;
     servers[2].set_delay(Duration::from_millis(200));
-    let (publisher, balancer) =
+    let (_publisher, balancer) =
         balance_over(Balancer::builder().policy(Policy::P2c), &servers).await?;
     wait_ready(&balancer, 3).await?;
 
