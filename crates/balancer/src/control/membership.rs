@@ -19,6 +19,24 @@ impl<I: Io> Core<I> {
         self.resolved = true;
         self.updates += 1;
         self.published.dirty = true;
+        match &update {
+            Update::Reset(list) => {
+                self.ranks = (0u64..)
+                    .zip(list)
+                    .map(|(i, x)| (x.key.clone(), i))
+                    .collect();
+                self.next_rank = list.len() as u64;
+            }
+            Update::Add(instance) => {
+                if !self.ranks.contains_key(&instance.key) {
+                    self.ranks.insert(instance.key.clone(), self.next_rank);
+                    self.next_rank += 1;
+                }
+            }
+            Update::Remove(key) => {
+                self.ranks.remove(key);
+            }
+        }
         let changes = self.instances.apply(update);
         if self.subset.is_some() {
             return self.update_subset(io, changes, now);

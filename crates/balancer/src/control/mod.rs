@@ -16,7 +16,7 @@
 //! do I/O, so every behaviour here is tested exactly by driving the core by hand
 //! (`control/tests.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -156,6 +156,10 @@ pub(crate) struct Core<I: Io> {
     updates: u64,
     /// The instances connected to, when subsetting.
     subset: Option<locality::Subset>,
+    /// Each instance's position in the resolver's order (its last listing, then additions in
+    /// turn): pick_first's order.
+    ranks: HashMap<String, u64>,
+    next_rank: u64,
     published: publish::Published,
 }
 
@@ -180,6 +184,8 @@ impl<I: Io> Core<I> {
             attempt: None,
             updates: 0,
             subset,
+            ranks: HashMap::new(),
+            next_rank: 0,
             published: publish::Published::default(),
         }
     }

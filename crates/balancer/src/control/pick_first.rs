@@ -1,5 +1,6 @@
 //! pick_first's connection management (gRFC A61 and A62): one instance at a time, in resolver
-//! order.
+//! order — the order of the resolver's last listing (a static list's order, etcd's key order),
+//! instances added since coming after it in turn.
 //!
 //! - With nothing chosen, the core tells the first instance in order to connect. If it fails,
 //!   or is not READY within [`PickFirstOptions::attempt_delay`] (A61's "happy eyeballs" delay,
@@ -19,7 +20,7 @@
 use std::time::{Duration, Instant};
 
 use super::sub::{Link, Role};
-use super::{Core, Io, Order};
+use super::{Core, Entry, Io, Order};
 use crate::picker::Policy;
 
 /// How `pick_first` connects; see [`Builder::pick_first`](crate::Builder::pick_first).
@@ -58,12 +59,17 @@ impl<I: Io> Core<I> {
             return;
         }
         self.chosen = None;
-        let first_pickable = self
-            .slots
-            .values()
-            .flatten()
-            .find(|s| s.role == Role::Current && s.pickable().is_some())
-            .map(|s| s.id);
+        let order = self.in_order();
+        let current = |subs: &Vec<Entry<I>>, keep: &dyn Fn(&Entry<I>) -> bool| {
+            subs.iter()
+                .find(|s| s.role == Role::Current && keep(s))
+                .map(|s| s.id)
+        };
+        let first_pickable = order.iter().find_map(|k| {
+            current(&self.slots[k.as_str()], &|s: &Entry<I>| {
+                s.pickable().is_some()
+            })
+        });
         if let Some(id) = first_pickable {
             self.chosen = Some(id);
             self.attempt = None;
@@ -89,11 +95,10 @@ impl<I: Io> Core<I> {
         if waiting {
             return;
         }
-        let next = self
-            .slots
-            .values_mut()
-            .flatten()
-            .find(|s| s.role == Role::Current && !s.running);
+        let next = order
+            .iter()
+            .find_map(|k| current(&self.slots[k.as_str()], &|s: &Entry<I>| !s.running));
+        let next = next.and_then(|id| self.slots.values_mut().flatten().find(|s| s.id == id));
         match next {
             Some(sub) => {
                 sub.running = true;
@@ -106,6 +111,17 @@ impl<I: Io> Core<I> {
         }
     }
 
+    /// The keys of the instances with sub-channels, in the resolver's order.
+    fn in_order(&self) -> Vec<String> {
+        let mut keys: Vec<(u64, &String)> = self
+            .slots
+            .keys()
+            .map(|k| (self.ranks.get(k).copied().unwrap_or(u64::MAX), k))
+            .collect();
+        keys.sort();
+        keys.into_iter().map(|(_, k)| k.clone()).collect()
+    }
+
     /// The sub-channel the pick_first picker picks, among the pickable `ids`.
     pub(crate) fn chosen_for_picker(&mut self, ids: &[u64]) -> Option<u64> {
         if !self.config.pick_first.keep_warm {
@@ -115,7 +131,8 @@ impl<I: Io> Core<I> {
             return Some(id);
         }
         // The first pickable in order, unless one before it is still on its first attempt.
-        for subs in self.slots.values() {
+        for key in self.in_order() {
+            let subs = &self.slots[key.as_str()];
             let current = subs.iter().find(|s| s.role == Role::Current);
             let pick = subs
                 .iter()
@@ -125,8 +142,8 @@ impl<I: Io> Core<I> {
                         .filter(|s| matches!(s.role, Role::Retired { .. })),
                 )
                 .find(|s| s.pickable().is_some());
-            if let Some(sub) = pick {
-                self.chosen = Some(sub.id);
+            if let Some(id) = pick.map(|s| s.id) {
+                self.chosen = Some(id);
                 return self.chosen;
             }
             if current.is_some_and(|s| !s.settled) {

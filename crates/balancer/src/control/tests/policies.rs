@@ -250,3 +250,24 @@ fn outlier_detection_ejects_on_its_ticks_and_brings_back_after_the_ejection_time
     r.advance(Duration::from_secs(30));
     assert_eq!(r.picks(), Picks::From(vec![1, 2]), "back after 30 s");
 }
+
+#[test]
+fn pick_first_follows_the_resolver_s_order_not_the_keys() {
+    let mut r = rig(config(Policy::PickFirst));
+    // A static list keyed by address, listed backup last: the listed order counts, not the
+    // keys' (sub-channels are numbered in key order: a:1 is 1, b:1 is 2).
+    r.reset(&[("b:1", "10.0.0.2:1"), ("a:1", "10.0.0.1:1")]);
+    let actions = r.actions();
+    assert_eq!(actions.last(), Some(&order(2, Order::Run)), "{actions:?}");
+    r.report("b:1", 2, Connecting, None);
+    r.report("b:1", 2, TransientFailure, Some("refused"));
+    assert_eq!(r.actions(), [order(1, Order::Run)]);
+    // An instance added later comes last.
+    r.update(Update::Add(inst("0:1", "10.0.0.0:1")));
+    r.report("a:1", 1, Connecting, None);
+    r.report("a:1", 1, TransientFailure, Some("refused"));
+    assert_eq!(
+        r.actions(),
+        [start(3, "10.0.0.0:1", Order::Idle), order(3, Order::Run)]
+    );
+}
