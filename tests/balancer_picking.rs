@@ -26,6 +26,14 @@ async fn counts(balancer: &Balancer, calls: usize) -> Result<BTreeMap<String, us
     Ok(counts)
 }
 
+/// A server named `name` on the port of `addr` again.
+async fn start_again(name: &str, addr: &str) -> Result<TestServer> {
+    let port = addr
+        .rsplit_once(':')
+        .map_or(0, |(_, p)| p.parse().unwrap_or(0));
+    TestServer::start_on(name, port).await
+}
+
 #[tokio::test]
 async fn round_robin_spreads_calls_evenly_over_three_instances() -> Result<()> {
     init_tracing();
@@ -149,12 +157,7 @@ async fn pick_first_connects_to_one_instance_and_fails_over_in_order() -> Result
     );
 
     // p1 comes back (same key, same port): pick_first stays with p2 and leaves p1 alone.
-    let back = TestServer::start_on(
-        "p1",
-        addr.rsplit_once(':')
-            .map_or(0, |(_, p)| p.parse().unwrap_or(0)),
-    )
-    .await?;
+    let back = start_again("p1", &addr).await?;
     assert_eq!(
         counts(&balancer, 20).await?,
         BTreeMap::from([("p2".to_string(), 20)])
@@ -208,12 +211,7 @@ async fn pick_first_kept_warm_sticks_to_one_instance_then_fails_over_in_order() 
     );
 
     // p1 comes back (same key, same port): pick-first stays with p2.
-    let back = TestServer::start_on(
-        "p1",
-        addr.rsplit_once(':')
-            .map_or(0, |(_, p)| p.parse().unwrap_or(0)),
-    )
-    .await?;
+    let back = start_again("p1", &addr).await?;
     wait_snapshot(&balancer, "p1 READY again, p2 still picked", |s| {
         s.ready() == 3 && s.by_addr(&p2).is_some_and(|c| c.in_picker)
     })

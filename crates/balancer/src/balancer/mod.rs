@@ -76,7 +76,7 @@ impl std::fmt::Debug for Balancer {
 }
 
 /// A request extension that sets gRPC's wait-for-ready for one RPC, overriding
-/// [`Builder::wait_for_ready`].
+/// [`Builder::wait_for_ready`](crate::Builder::wait_for_ready).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WaitForReady(pub bool);
 
