@@ -16,6 +16,7 @@ use crate::config::ClientConfig;
 use crate::error::Error;
 use crate::retry::{self, RetryPolicy, Throttle};
 use crate::service_config::{MethodTable, ServiceConfig};
+use crate::typed::{NoDefaultTimeout, Streaming};
 
 /// How long [`Client::connect`] waits for a READY instance unless `DialTimeout` says otherwise.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -170,6 +171,8 @@ impl Client {
             channel: Channel {
                 balancer,
                 timeout: config.timeout.filter(|t| !t.is_zero()),
+                stream_timeout: config.stream_timeout,
+                streaming: config.streaming_methods.clone().into(),
                 retry,
                 methods,
             },
@@ -244,10 +247,25 @@ fn resolve(config: &ClientConfig) -> Result<Resolution, Error> {
 pub struct Channel {
     balancer: Balancer,
     timeout: Option<Duration>,
+    /// The default deadline of streaming RPCs.
+    stream_timeout: Option<Duration>,
+    /// The streaming methods by path (`/svc/*` for a whole service).
+    streaming: Arc<[String]>,
     /// Shared by clones, with its throttling bucket.
     retry: Arc<RetryPolicy>,
     /// The service config's per-method settings, if it has any.
     methods: Option<Arc<MethodTable>>,
+}
+
+impl Channel {
+    /// Whether `uri`'s method is listed in `StreamingMethods`.
+    fn is_streaming(&self, uri: &http::Uri) -> bool {
+        let path = uri.path();
+        self.streaming.iter().any(|m| match m.strip_suffix('*') {
+            Some(service) => path.starts_with(service),
+            None => path == m,
+        })
+    }
 }
 
 impl tower_service::Service<Request<tonic::body::Body>> for Channel {
@@ -265,15 +283,24 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
             .as_deref()
             .and_then(|m| m.lookup(request.uri().path()));
         let method_timeout = method.and_then(|m| m.timeout);
+        // Unary calls get the client's default deadline, streams the streaming one.
+        let extensions = request.extensions();
+        let default = if extensions.get::<NoDefaultTimeout>().is_some() {
+            None
+        } else if extensions.get::<Streaming>().is_some() || self.is_streaming(request.uri()) {
+            self.stream_timeout
+        } else {
+            self.timeout
+        };
         // The caller's deadline stands unless the method's is shorter; without either, the
-        // client's.
+        // default.
         let (timeout, send) = match (
             switchboard_balancer::grpc_timeout(request.headers()),
             method_timeout,
         ) {
             (Some(caller), Some(m)) if m < caller => (Some(m), true),
             (Some(caller), _) => (Some(caller), false),
-            (None, m) => (m.or(self.timeout), true),
+            (None, m) => (m.or(default), true),
         };
         if let (Some(t), true) = (timeout, send) {
             if let Ok(v) = HeaderValue::from_str(&format!("{}m", t.as_millis().min(99_999_999))) {

@@ -53,14 +53,30 @@ pub struct ClientConfig {
     /// Return from `Client::connect` at once instead of waiting for a READY instance.
     #[serde(default, alias = "non_block")]
     pub non_block: bool,
-    /// The default deadline of every RPC (milliseconds, or `"2s"`). `0` means none.
-    /// Defaults to 2 s, as go-zero.
+    /// The default deadline of every unary RPC (milliseconds, or `"2s"`). `0` means none.
+    /// Defaults to 2 s, as go-zero, which applies it to unary calls only: streaming RPCs (those
+    /// marked [`Streaming`](crate::Streaming), or listed in `StreamingMethods`) get
+    /// `StreamTimeout` instead.
     #[serde(
         default = "default_timeout",
         alias = "timeout",
         deserialize_with = "duration::optional"
     )]
     pub timeout: Option<Duration>,
+    /// The default deadline of streaming RPCs. None unless set: a stream lasts as long as it
+    /// lasts, unless it asks for a deadline (or its method has one in the service config).
+    #[serde(
+        default,
+        alias = "stream_timeout",
+        deserialize_with = "duration::optional"
+    )]
+    pub stream_timeout: Option<Duration>,
+    /// The streaming methods, by path: `/package.Service/Method`, or `/package.Service/*` for
+    /// every method of a service. Raw tonic clients have no other way to tell the channel that
+    /// a call is streaming; a request can also carry the [`Streaming`](crate::Streaming)
+    /// extension.
+    #[serde(default, alias = "streaming_methods")]
+    pub streaming_methods: Vec<String>,
     /// HTTP/2 keepalive ping interval. Defaults to 20 s.
     #[serde(
         default,
@@ -449,6 +465,8 @@ impl Default for ClientConfig {
             target: None,
             non_block: false,
             timeout: default_timeout(),
+            stream_timeout: None,
+            streaming_methods: Vec::new(),
             keepalive_time: None,
             keepalive_timeout: None,
             policy: Policy::default(),
@@ -633,6 +651,20 @@ impl ClientConfig {
             o.settings()?;
         }
         balancing::validate(&self)?;
+        for (i, path) in self.streaming_methods.iter().enumerate() {
+            let parts: Vec<&str> = path.split('/').collect();
+            if !matches!(parts.as_slice(), ["", service, method] if !service.is_empty() && !method.is_empty())
+            {
+                return Err(Error::config(format!(
+                    "StreamingMethods[{i}]: {path:?} is not /package.Service/Method or /package.Service/*"
+                )));
+            }
+        }
+        if self.stream_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(Error::config(
+                "StreamTimeout: must be positive (leave it out for none)",
+            ));
+        }
         if let Some(text) = &self.service_config {
             crate::service_config::ServiceConfig::parse(text)?;
         }

@@ -38,4 +38,4 @@ pub use error::Error;
 pub use server::{Server, Serving};
 pub use switchboard_balancer as balancer;
 pub use switchboard_resolver as resolver;
-pub use typed::CallOptions;
+pub use typed::{CallOptions, NoDefaultTimeout, Streaming};

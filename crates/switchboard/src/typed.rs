@@ -25,10 +25,27 @@ use std::time::Duration;
 
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 
+/// A request extension: this RPC is streaming (server-, client- or bidi-streaming), so the
+/// client's default `Timeout`, which is for unary calls, does not apply to it; `StreamTimeout`
+/// does, if set. Its own deadline, or its method's in the service config, applies either way.
+///
+/// ```
+/// let mut request = tonic::Request::new(());
+/// request.extensions_mut().insert(switchboard::Streaming);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Streaming;
+
+/// A request extension: no default deadline for this RPC (its own `grpc-timeout`, if it sets
+/// one, still applies). See [`CallOptions::no_default_timeout`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoDefaultTimeout;
+
 /// Per-call options of a typed client (see [`typed_client!`](crate::typed_client)).
 #[derive(Clone, Debug, Default)]
 pub struct CallOptions {
     timeout: Option<Duration>,
+    no_default_timeout: bool,
     wait_for_ready: Option<bool>,
     metadata: MetadataMap,
 }
@@ -42,6 +59,13 @@ impl CallOptions {
     /// This call's deadline, instead of the client's `Timeout`.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// No deadline for this call unless [`CallOptions::timeout`] sets one: the client's default
+    /// `Timeout` does not apply.
+    pub fn no_default_timeout(mut self) -> Self {
+        self.no_default_timeout = true;
         self
     }
 
@@ -69,6 +93,9 @@ impl CallOptions {
         *request.metadata_mut() = self.metadata.clone();
         if let Some(timeout) = self.timeout {
             request.set_timeout(timeout);
+        }
+        if self.no_default_timeout {
+            request.extensions_mut().insert(NoDefaultTimeout);
         }
         if let Some(w) = self.wait_for_ready {
             request

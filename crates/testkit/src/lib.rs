@@ -53,6 +53,7 @@ mod process;
 pub mod proto;
 mod proxy;
 mod server;
+mod stall;
 mod tls;
 mod tmp;
 
@@ -65,5 +66,6 @@ pub use ports::{ClosedPort, free_port};
 pub use process::ServerProcess;
 pub use proxy::FaultProxy;
 pub use server::{BlackHoleServer, Http1Server, TestServer, user_service};
+pub use stall::StallServer;
 pub use tls::TlsFiles;
 pub use tmp::temp_dir;

@@ -44,6 +44,8 @@ struct Shared {
     delay_nanos: AtomicU64,
     connections: AtomicUsize,
     next_id: AtomicI64,
+    /// `WatchEvents` streams not yet finished or cancelled.
+    open_streams: AtomicUsize,
 }
 
 impl Shared {
@@ -180,6 +182,12 @@ impl TestServer {
     pub fn set_delay(&self, delay: Duration) {
         let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
         self.shared.delay_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// How many `WatchEvents` streams are open now: one ends when its last event is sent or
+    /// when the client cancels it (an HTTP/2 reset).
+    pub fn open_streams(&self) -> usize {
+        self.shared.open_streams.load(Ordering::Relaxed)
     }
 
     /// How many TCP connections to it are open now.
@@ -423,7 +431,8 @@ impl User for UserService {
         let count = u64::from(request.count);
         let interval = Duration::from_millis(u64::from(request.interval_ms));
         let instance = self.name.clone();
-        let events = futures_util::stream::unfold(1u64, move |seq| {
+        let open = OpenStream::new(self.shared.clone());
+        let events = futures_util::stream::unfold((1u64, open), move |(seq, open)| {
             let instance = instance.clone();
             async move {
                 if seq > count {
@@ -436,10 +445,26 @@ impl User for UserService {
                     seq,
                     instance: instance.to_string(),
                 };
-                Some((Ok(event), seq + 1))
+                Some((Ok(event), (seq + 1, open)))
             }
         });
         Ok(Response::new(Box::pin(events)))
+    }
+}
+
+/// A `WatchEvents` stream, counted in [`Shared::open_streams`] while it lives.
+struct OpenStream(Arc<Shared>);
+
+impl OpenStream {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.open_streams.fetch_add(1, Ordering::Relaxed);
+        Self(shared)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open_streams.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -2,6 +2,7 @@
 //! connection, transport errors mapped to gRPC statuses, and the response body that counts
 //! the call when it ends.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -32,6 +33,7 @@ pub(super) async fn send_on(
     ready: &Ready<Sender>,
     request: Request<tonic::body::Body>,
     started: Option<std::time::Instant>,
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<Response<ResponseBody>, Failed> {
     let conn = &*ready.0;
     let (mut parts, body) = request.into_parts();
@@ -56,7 +58,7 @@ pub(super) async fn send_on(
             if let Some(code) = grpc_status(response.headers()) {
                 call.end(Some(code));
             }
-            Ok(response.map(|inner| ResponseBody { inner, call }))
+            Ok(response.map(|inner| ResponseBody::new(inner, call, deadline)))
         }
         Err(mut e) => match e.take_message() {
             Some(mut back) => {
@@ -228,16 +230,44 @@ impl Drop for Call {
 }
 
 /// The body of a response: hyper's, plus the accounting of its RPC, which ends with the
-/// trailers (or when the body is dropped).
+/// trailers (or when the body is dropped), and the RPC's deadline: a body still running when it
+/// passes ends with a DEADLINE_EXCEEDED status, and its HTTP/2 stream is reset.
 pub struct ResponseBody {
-    inner: hyper::body::Incoming,
+    /// `None` once the deadline passed: dropping hyper's body resets the stream.
+    inner: Option<hyper::body::Incoming>,
     call: Call,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl std::fmt::Debug for ResponseBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseBody").finish_non_exhaustive()
     }
+}
+
+impl ResponseBody {
+    fn new(
+        inner: hyper::body::Incoming,
+        call: Call,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Self {
+        Self {
+            inner: Some(inner),
+            call,
+            deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+}
+
+/// The trailers that end a response whose deadline passed.
+fn deadline_trailers() -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("4"));
+    trailers.insert(
+        "grpc-message",
+        http::HeaderValue::from_static("deadline exceeded before the response ended"),
+    );
+    trailers
 }
 
 impl HttpBody for ResponseBody {
@@ -249,28 +279,45 @@ impl HttpBody for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
                     let code = grpc_status(trailers).unwrap_or(Code::Unknown);
                     this.call.end(Some(code));
+                    this.deadline = None;
                 }
             }
             // The stream broke, or ended without trailers.
             Poll::Ready(Some(Err(_))) => this.call.end(Some(Code::Unavailable)),
             Poll::Ready(None) => this.call.end(Some(Code::Internal)),
-            Poll::Pending => {}
+            Poll::Pending => {
+                let expired = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if expired {
+                    this.inner = None;
+                    this.deadline = None;
+                    this.call.end(Some(Code::DeadlineExceeded));
+                    return Poll::Ready(Some(Ok(Frame::trailers(deadline_trailers()))));
+                }
+            }
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
     }
 }
 

@@ -146,7 +146,10 @@ impl Balancer {
     ) -> Result<Response<ResponseBody>, Status> {
         let handle = &*self.handle;
         let inner = &*handle.inner;
-        let mut deadline: Option<Option<Instant>> = None;
+        // The RPC's deadline bounds the wait for a READY instance, for the response headers,
+        // and for the rest of the response, to the trailers.
+        let timeout = grpc_timeout(request.headers());
+        let deadline = timeout.map(|t| Instant::now() + t);
         let mut unsent = 0u32;
         loop {
             let generation = inner.generation();
@@ -179,7 +182,23 @@ impl Balancer {
             let status = match picked {
                 Ok(ready) => {
                     let span = attempt_span(&inner.target, &ready.0.sub.addr, &request);
-                    match send_on(handle, &ready, request, now).instrument(span).await {
+                    let attempt = send_on(handle, &ready, request, now, deadline).instrument(span);
+                    let sent = match deadline {
+                        Some(at) => match tokio::time::timeout_at(at, attempt).await {
+                            Ok(sent) => sent,
+                            // Dropping the attempt resets its HTTP/2 stream.
+                            Err(_) => {
+                                return Err(Status::deadline_exceeded(format!(
+                                    "deadline of {:?} exceeded waiting for the response \
+                                     headers of {}",
+                                    timeout.unwrap_or_default(),
+                                    ready.0.sub.addr
+                                )));
+                            }
+                        },
+                        None => attempt.await,
+                    };
+                    match sent {
                         Ok(response) => return Ok(response),
                         Err(Failed::Sent(status)) => return Err(status),
                         Err(Failed::Unsent(back, why)) => {
@@ -205,8 +224,6 @@ impl Balancer {
                     return Err(status);
                 }
             }
-            let deadline = *deadline
-                .get_or_insert_with(|| grpc_timeout(request.headers()).map(|t| Instant::now() + t));
             if !inner.changed_since(generation, deadline).await {
                 let why = match &**inner.load() {
                     Snapshot::Fail(status) => status.message().to_owned(),
