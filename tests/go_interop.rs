@@ -435,3 +435,62 @@ async fn a_grpc_go_client_over_etcd_naming_calls_instances_of_the_registrar_and_
     println!("Registrar r1 left: {}", followed.summary);
     Ok(())
 }
+
+/// A grpc-go server stream of 5 events 1 s apart: under the client's 2 s default, which is for
+/// unary calls, it completes when the method is listed as streaming (grpc-go honours a
+/// `grpc-timeout`, so the unary default sent with it would have ended it at 2 s); with its own
+/// 1 s deadline it ends with DEADLINE_EXCEEDED at 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_go_server_stream_outlives_the_unary_default_and_ends_at_its_own_deadline()
+-> Result<()> {
+    use switchboard_testkit::proto::user::WatchEventsRequest;
+
+    init_tracing();
+    let server = go_server("go-stream", &[]).await?;
+    let client = static_client(
+        &[server.addr()],
+        "Timeout: 2s\nStreamingMethods: [/user.User/*]\n",
+    )
+    .await?;
+    client.balancer().ready(PATIENCE).await?;
+    let watch = |deadline: Option<Duration>| {
+        let mut users = UserClient::new(client.channel());
+        async move {
+            let mut request = tonic::Request::new(WatchEventsRequest {
+                id: 1,
+                count: 5,
+                interval_ms: 1000,
+            });
+            if let Some(d) = deadline {
+                request.set_timeout(d);
+            }
+            let started = Instant::now();
+            let mut stream = users.watch_events(request).await?.into_inner();
+            let mut events = 0;
+            let code = loop {
+                match stream.message().await {
+                    Ok(Some(_)) => events += 1,
+                    Ok(None) => break tonic::Code::Ok,
+                    Err(status) => break status.code(),
+                }
+            };
+            anyhow::Ok((events, code, started.elapsed()))
+        }
+    };
+    let (events, code, took) = watch(None).await?;
+    ensure!(
+        (events, code) == (5, tonic::Code::Ok),
+        "{events} events, {code:?}"
+    );
+    ensure!(took >= Duration::from_secs(4), "{took:?}");
+    let (events, code, took) = watch(Some(Duration::from_secs(1))).await?;
+    ensure!(
+        code == tonic::Code::DeadlineExceeded,
+        "{events} events, {code:?}"
+    );
+    ensure!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    Ok(())
+}
