@@ -12,7 +12,7 @@ use switchboard_resolver::{
 };
 use tonic::Status;
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, ThrottlingSection};
 use crate::error::Error;
 use crate::retry::{self, RetryPolicy, Throttle};
 use crate::service_config::{MethodTable, ServiceConfig};
@@ -108,12 +108,19 @@ impl Client {
             .as_deref()
             .map(ServiceConfig::parse)
             .transpose()?;
-        // One throttling bucket for the client, every method's retry policy included.
+        // One throttling bucket for the client, every method's retry policy included: gRFC
+        // A6's example bucket unless configured (`MaxTokens: 0` turns it off).
+        let default_throttling = ThrottlingSection {
+            max_tokens: 10.0,
+            token_ratio: 0.1,
+        };
         let throttling = service_config
             .as_ref()
             .and_then(|s| s.retry_throttling.as_ref())
             .or_else(|| config.retry.as_ref().and_then(|r| r.throttling.as_ref()))
-            .map(|t| Arc::new(Throttle::new(t.max_tokens, t.token_ratio)));
+            .unwrap_or(&default_throttling);
+        let throttling = (throttling.max_tokens > 0.0)
+            .then(|| Arc::new(Throttle::new(throttling.max_tokens, throttling.token_ratio)));
         let retry = Arc::new(
             RetryPolicy::from_config(config.retry.as_ref())?
                 .map_or_else(RetryPolicy::off, |p| p.with_throttle(throttling.clone())),

@@ -271,7 +271,9 @@ pub struct RetrySection {
         deserialize_with = "status_codes"
     )]
     pub retryable_status_codes: Option<Vec<String>>,
-    /// Retry throttling: none by default.
+    /// Retry throttling: on by default with gRFC A6's example values, `{MaxTokens: 10,
+    /// TokenRatio: 0.1}`, so that a failing fleet gets at most a few retries from each client;
+    /// `{MaxTokens: 0}` turns it off.
     #[serde(default, alias = "throttling")]
     pub throttling: Option<ThrottlingSection>,
 }
@@ -426,12 +428,16 @@ impl OutlierSection {
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ThrottlingSection {
-    /// Size of the bucket, which starts full: more than 0, at most 1000.
+    /// Size of the bucket, which starts full: at most 1000; `0` turns throttling off.
     #[serde(alias = "max_tokens")]
     pub max_tokens: f64,
-    /// Tokens a success gives back: more than 0.
-    #[serde(alias = "token_ratio")]
+    /// Tokens a success gives back: more than 0; 0.1 unless given.
+    #[serde(default = "default_token_ratio", alias = "token_ratio")]
     pub token_ratio: f64,
+}
+
+fn default_token_ratio() -> f64 {
+    0.1
 }
 
 /// A list of status codes, each a name or a number; kept as text and checked by `validated`,

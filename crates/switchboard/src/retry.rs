@@ -12,10 +12,11 @@
 //! - **Server pushback.** A `grpc-retry-pushback-ms` of `N` in a retryable answer makes the
 //!   next retry wait exactly `N` ms, and the backoff starts over from `InitialBackoff`; a
 //!   negative or malformed value stops the retries.
-//! - **Throttling.** With `Throttling: {MaxTokens, TokenRatio}`, a token bucket per client,
-//!   shared by every clone of its channel, starts full; each attempt that fails with a
-//!   retryable status (or pushback that stops the retries) takes one token, each success gives
-//!   back `TokenRatio`, and RPCs are retried only while more than `MaxTokens / 2` remain.
+//! - **Throttling.** A token bucket per client (`Throttling: {MaxTokens, TokenRatio}`, on by
+//!   default with `{MaxTokens: 10, TokenRatio: 0.1}`; `MaxTokens: 0` turns it off), shared by
+//!   every clone of its channel, starts full; each attempt that fails with a retryable status
+//!   (or pushback that stops the retries) takes one token, each success gives back
+//!   `TokenRatio`, and RPCs are retried only while more than `MaxTokens / 2` remain.
 //! - **Deadline.** The call's deadline bounds every attempt and every backoff: each retry sends
 //!   the time left as `grpc-timeout`, and a backoff that would end past the deadline is not
 //!   waited out; the RPC fails at once with its last status.
@@ -156,10 +157,11 @@ impl RetryPolicy {
         };
         let throttle = match &s.throttling {
             None => None,
+            Some(t) if t.max_tokens == 0.0 => None,
             Some(t) => {
                 if !(t.max_tokens > 0.0 && t.max_tokens <= 1000.0) {
                     return Err(Error::config(
-                        "Retry.Throttling.MaxTokens: must be more than 0 and at most 1000",
+                        "Retry.Throttling.MaxTokens: must be at most 1000 (0 turns throttling off)",
                     ));
                 }
                 if !(t.token_ratio.is_finite() && t.token_ratio > 0.0) {

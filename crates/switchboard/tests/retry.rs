@@ -174,15 +174,41 @@ async fn throttling_stops_retrying_after_enough_failures() -> Result<()> {
     get(&mut users).await.expect_err("always unavailable");
     assert_eq!(seen.calls(), 3);
 
-    // Without throttling, the same server sees every attempt.
+    // With throttling off, the same server sees every attempt.
     let seen = Arc::new(Seen::default());
     let addr = Flaky::new(&seen, u64::MAX, Code::Unavailable)
         .serve()
         .await?;
-    let mut users = client(&[addr], "Retry: {MaxAttempts: 5, InitialBackoff: 1ms}\n").await?;
+    let mut users = client(
+        &[addr],
+        "Retry: {MaxAttempts: 5, InitialBackoff: 1ms, Throttling: {MaxTokens: 0}}\n",
+    )
+    .await?;
     get(&mut users).await.expect_err("always unavailable");
     get(&mut users).await.expect_err("always unavailable");
     assert_eq!(seen.calls(), 10);
+    Ok(())
+}
+
+/// With the default settings, a server that always answers UNAVAILABLE gets at most 1.2× the
+/// calls the client was asked to make: once the default bucket (10 tokens, 0.1 back per
+/// success) is half empty, nothing is retried.
+#[tokio::test]
+async fn by_default_a_failing_server_gets_few_retries() -> Result<()> {
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky::new(&seen, u64::MAX, Code::Unavailable)
+        .serve()
+        .await?;
+    let mut users = client(&[addr], "").await?;
+    for _ in 0..200 {
+        let status = get(&mut users).await.expect_err("always unavailable");
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+    let calls = seen.calls();
+    println!("200 calls asked, {calls} received");
+    assert!(calls <= 240, "{calls} calls received for 200");
+    // The first two calls were retried (3 attempts each until the bucket is half empty).
+    assert!(calls > 200, "{calls}");
     Ok(())
 }
 

@@ -184,7 +184,7 @@ fn invalid_retry_settings_are_refused_naming_the_field() {
             "Retry.RetryableStatusCodes",
         ),
         (
-            "Retry: {Throttling: {MaxTokens: 0, TokenRatio: 1}}",
+            "Retry: {Throttling: {MaxTokens: -1, TokenRatio: 1}}",
             "Retry.Throttling.MaxTokens",
         ),
         (
