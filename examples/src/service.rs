@@ -13,8 +13,8 @@ use tonic::{Request, Response, Status};
 
 use crate::user::user_server::User;
 use crate::user::{
-    Event, GetUserInfoRequest, LoginReply, LoginRequest, RegisterReply, RegisterRequest, UserInfo,
-    WatchEventsRequest,
+    ChatMessage, Chunk, Event, GetUserInfoRequest, LoginReply, LoginRequest, RegisterReply,
+    RegisterRequest, UploadSummary, UserInfo, WatchEventsRequest,
 };
 
 /// The command line of `user-rpc`.
@@ -157,6 +157,39 @@ impl User for UserService {
         let interval = Duration::from_millis(u64::from(interval_ms.min(60_000)));
         let stream = async_stream(count.min(10_000), interval, name);
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn upload(
+        &self,
+        request: Request<tonic::Streaming<Chunk>>,
+    ) -> Result<Response<UploadSummary>, Status> {
+        let mut chunks = request.into_inner();
+        let (mut count, mut bytes) = (0u64, 0u64);
+        while let Some(chunk) = chunks.message().await? {
+            count += 1;
+            bytes += chunk.data.len() as u64;
+        }
+        Ok(Response::new(UploadSummary {
+            chunks: count,
+            bytes,
+            instance: self.name.clone(),
+        }))
+    }
+
+    type ChatStream = Pin<Box<dyn Stream<Item = Result<ChatMessage, Status>> + Send>>;
+
+    async fn chat(
+        &self,
+        request: Request<tonic::Streaming<ChatMessage>>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
+        let instance = self.name.clone();
+        let echoes = tokio_stream::StreamExt::map(request.into_inner(), move |message| {
+            message.map(|m| ChatMessage {
+                instance: instance.clone(),
+                ..m
+            })
+        });
+        Ok(Response::new(Box::pin(echoes)))
     }
 }
 

@@ -73,6 +73,27 @@ impl User for Gated {
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         Err(Status::unimplemented("watch_events"))
     }
+    type ChatStream = Pin<
+        Box<
+            dyn tokio_stream::Stream<
+                    Item = Result<switchboard_testkit::proto::user::ChatMessage, Status>,
+                > + Send,
+        >,
+    >;
+
+    async fn upload(
+        &self,
+        _: Request<tonic::Streaming<switchboard_testkit::proto::user::Chunk>>,
+    ) -> Result<Response<switchboard_testkit::proto::user::UploadSummary>, Status> {
+        Err(Status::unimplemented("upload"))
+    }
+
+    async fn chat(
+        &self,
+        _: Request<tonic::Streaming<switchboard_testkit::proto::user::ChatMessage>>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
+        Err(Status::unimplemented("chat"))
+    }
 }
 
 fn gated() -> (Gated, mpsc::UnboundedReceiver<()>) {

@@ -30,8 +30,8 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::proto::user::user_server::{User, UserServer};
 use crate::proto::user::{
-    Event, GetUserInfoRequest, LoginReply, LoginRequest, RegisterReply, RegisterRequest, UserInfo,
-    WatchEventsRequest,
+    ChatMessage, Chunk, Event, GetUserInfoRequest, LoginReply, LoginRequest, RegisterReply,
+    RegisterRequest, UploadSummary, UserInfo, WatchEventsRequest,
 };
 
 /// The gRPC name of the `User` service, as health checks ask for it.
@@ -44,7 +44,7 @@ struct Shared {
     delay_nanos: AtomicU64,
     connections: AtomicUsize,
     next_id: AtomicI64,
-    /// `WatchEvents` streams not yet finished or cancelled.
+    /// Streaming calls not yet finished or cancelled.
     open_streams: AtomicUsize,
 }
 
@@ -184,8 +184,8 @@ impl TestServer {
         self.shared.delay_nanos.store(nanos, Ordering::Relaxed);
     }
 
-    /// How many `WatchEvents` streams are open now: one ends when its last event is sent or
-    /// when the client cancels it (an HTTP/2 reset).
+    /// How many streaming calls (`WatchEvents`, `Upload`, `Chat`) are open now: one ends when
+    /// it completes or when the client cancels it (an HTTP/2 reset).
     pub fn open_streams(&self) -> usize {
         self.shared.open_streams.load(Ordering::Relaxed)
     }
@@ -450,9 +450,59 @@ impl User for UserService {
         });
         Ok(Response::new(Box::pin(events)))
     }
+
+    /// Counts and sums the chunks up to the end of the client's stream.
+    async fn upload(
+        &self,
+        request: Request<tonic::Streaming<Chunk>>,
+    ) -> Result<Response<UploadSummary>, Status> {
+        self.shared.served.fetch_add(1, Ordering::Relaxed);
+        let _open = OpenStream::new(self.shared.clone());
+        let mut chunks = request.into_inner();
+        let (mut count, mut bytes) = (0u64, 0u64);
+        while let Some(chunk) = chunks.message().await? {
+            count += 1;
+            bytes += chunk.data.len() as u64;
+        }
+        Ok(Response::new(UploadSummary {
+            chunks: count,
+            bytes,
+            instance: self.name.to_string(),
+        }))
+    }
+
+    type ChatStream = Pin<Box<dyn Stream<Item = Result<ChatMessage, Status>> + Send>>;
+
+    /// Echoes every message as it arrives, with this server's name.
+    async fn chat(
+        &self,
+        request: Request<tonic::Streaming<ChatMessage>>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
+        self.shared.served.fetch_add(1, Ordering::Relaxed);
+        let open = OpenStream::new(self.shared.clone());
+        let instance = self.name.clone();
+        let echoes = futures_util::stream::unfold(
+            (request.into_inner(), open),
+            move |(mut messages, open)| {
+                let instance = instance.clone();
+                async move {
+                    let echo = match messages.message().await {
+                        Ok(Some(m)) => Ok(ChatMessage {
+                            instance: instance.to_string(),
+                            ..m
+                        }),
+                        Ok(None) => return None,
+                        Err(status) => Err(status),
+                    };
+                    Some((echo, (messages, open)))
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(echoes)))
+    }
 }
 
-/// A `WatchEvents` stream, counted in [`Shared::open_streams`] while it lives.
+/// A streaming call, counted in [`Shared::open_streams`] while it lives.
 struct OpenStream(Arc<Shared>);
 
 impl OpenStream {

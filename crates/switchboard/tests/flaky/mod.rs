@@ -155,4 +155,25 @@ impl User for Flaky {
     ) -> Result<Response<EventStream>, Status> {
         Err(Status::unimplemented("watch_events"))
     }
+    type ChatStream = Pin<
+        Box<
+            dyn tokio_stream::Stream<
+                    Item = Result<switchboard_testkit::proto::user::ChatMessage, Status>,
+                > + Send,
+        >,
+    >;
+
+    async fn upload(
+        &self,
+        _: Request<tonic::Streaming<switchboard_testkit::proto::user::Chunk>>,
+    ) -> Result<Response<switchboard_testkit::proto::user::UploadSummary>, Status> {
+        Err(Status::unimplemented("upload"))
+    }
+
+    async fn chat(
+        &self,
+        _: Request<tonic::Streaming<switchboard_testkit::proto::user::ChatMessage>>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
+        Err(Status::unimplemented("chat"))
+    }
 }
