@@ -109,6 +109,10 @@ impl CallOptions {
 /// Declares a typed client over a tonic-generated client: `Name::new(&client)`, one `&self`
 /// method per unary RPC returning the reply message, and `with(CallOptions)` for a copy whose
 /// calls carry those options.
+///
+/// `Name::over(channel)` builds one over any channel that tonic's clients take: the client's
+/// [`Channel`](crate::Channel) wrapped in tower layers or a tonic interceptor, for example;
+/// the type is then `Name<ThatChannel>`.
 #[macro_export]
 macro_rules! typed_client {
     (
@@ -118,17 +122,50 @@ macro_rules! typed_client {
         }
     ) => {
         $(#[$meta])*
-        #[derive(Clone, Debug)]
-        $vis struct $name {
-            inner: $($client)::+<$crate::Channel>,
+        $vis struct $name<C = $crate::Channel> {
+            inner: $($client)::+<C>,
             options: $crate::CallOptions,
+        }
+
+        impl<C: ::std::clone::Clone> ::std::clone::Clone for $name<C> {
+            fn clone(&self) -> Self {
+                Self {
+                    inner: self.inner.clone(),
+                    options: self.options.clone(),
+                }
+            }
+        }
+
+        impl<C> ::std::fmt::Debug for $name<C> {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("options", &self.options)
+                    .finish_non_exhaustive()
+            }
         }
 
         impl $name {
             /// A typed client over `client`'s balanced channel.
             $vis fn new(client: &$crate::Client) -> Self {
+                Self::over(client.channel())
+            }
+        }
+
+        impl<C> $name<C>
+        where
+            C: ::tonic::client::GrpcService<::tonic::body::Body> + ::std::clone::Clone,
+            C::Error: ::std::convert::Into<::tonic::codegen::StdError>,
+            C::ResponseBody: ::tonic::codegen::Body<Data = ::tonic::codegen::Bytes>
+                + ::std::marker::Send
+                + 'static,
+            <C::ResponseBody as ::tonic::codegen::Body>::Error:
+                ::std::convert::Into<::tonic::codegen::StdError> + ::std::marker::Send,
+        {
+            /// A typed client over `channel`: the client's channel with tower layers or a
+            /// tonic interceptor around it, for example.
+            $vis fn over(channel: C) -> Self {
                 Self {
-                    inner: $($client)::+::new(client.channel()),
+                    inner: $($client)::+::new(channel),
                     options: $crate::CallOptions::new(),
                 }
             }

@@ -1,5 +1,6 @@
 //! A gateway-style typed client over the balanced channel.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -62,5 +63,58 @@ async fn typed_methods_take_shared_references_and_per_call_options() -> Result<(
     );
     assert!(CallOptions::new().metadata("bad key", "v").is_err());
     assert!(CallOptions::new().metadata("k", "line\nbreak").is_err());
+    Ok(())
+}
+
+/// A typed client over the client's channel wrapped in a tower layer and a tonic interceptor:
+/// the interceptor adds an auth token (or refuses the call), the layer sees every request with
+/// the token on it (a stand-in for a tracing layer).
+#[tokio::test]
+async fn a_typed_client_runs_over_an_interceptor_and_a_tower_layer() -> Result<()> {
+    use tonic::service::interceptor::InterceptedService;
+
+    let a = TestServer::start("a").await?;
+    let client = Client::connect(ClientConfig::endpoints([a.addr().to_string()])).await?;
+    let tokens: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = tokens.clone();
+    let traced = tower::ServiceBuilder::new()
+        .map_request(move |request: http::Request<tonic::body::Body>| {
+            let token = request.headers().get("authorization");
+            let token = token.and_then(|t| t.to_str().ok()).unwrap_or("none");
+            seen.lock().expect("not poisoned").push(token.to_owned());
+            request
+        })
+        .service(client.channel());
+    let auth = |mut request: tonic::Request<()>| {
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer secret".parse().expect("ASCII"));
+        Ok(request)
+    };
+    let users = User::over(InterceptedService::new(traced, auth));
+    let reply = users.get_user_info(GetUserInfoRequest { id: 3 }).await?;
+    assert_eq!((reply.id, reply.instance.as_str()), (3, "a"));
+    assert_eq!(*tokens.lock().expect("not poisoned"), ["Bearer secret"]);
+    // Per-call options still apply through the layers.
+    a.set_delay(Duration::from_millis(300));
+    let status = users
+        .with(CallOptions::new().timeout(Duration::from_millis(50)))
+        .get_user_info(GetUserInfoRequest { id: 3 })
+        .await
+        .expect_err("slower than the deadline");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+
+    // An interceptor that refuses: the call never reaches the channel.
+    let served = a.served();
+    let refusing = User::over(InterceptedService::new(
+        client.channel(),
+        |_: tonic::Request<()>| Err(tonic::Status::unauthenticated("no token")),
+    ));
+    let status = refusing
+        .get_user_info(GetUserInfoRequest { id: 3 })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(a.served(), served);
     Ok(())
 }
