@@ -61,6 +61,7 @@ pub struct Builder {
     custom: Option<CustomPolicy>,
     subset_size: Option<usize>,
     locality: Option<Locality>,
+    user_agent: Option<String>,
 }
 
 /// `ring_hash`'s options; see [`Builder::ring_hash`].
@@ -113,6 +114,7 @@ impl Default for Builder {
             custom: None,
             subset_size: None,
             locality: None,
+            user_agent: None,
         }
     }
 }
@@ -279,6 +281,14 @@ impl Builder {
         self
     }
 
+    /// What the `user-agent` of requests that carry none starts with, as grpc-go's
+    /// `WithUserAgent`: `"gateway/1.4"` sends `gateway/1.4 grpc-rust-switchboard/VERSION`.
+    /// Defaults to none: `grpc-rust-switchboard/VERSION`.
+    pub fn user_agent(mut self, prefix: impl Into<String>) -> Self {
+        self.user_agent = Some(prefix.into());
+        self
+    }
+
     /// Starts the balancer on `resolver`'s instances. Must be called within a tokio runtime.
     pub fn build_from(self, resolver: &impl Resolve) -> Result<Balancer, Error> {
         self.build(resolver.resolve())
@@ -319,6 +329,12 @@ impl Builder {
                     .map_err(|_| Error::config(format!("ring_hash: {h:?} is not a metadata key")))
             })
             .transpose()?;
+        let ours = concat!("grpc-rust-switchboard/", env!("CARGO_PKG_VERSION"));
+        let user_agent = match &self.user_agent {
+            Some(prefix) => http::HeaderValue::from_str(&format!("{prefix} {ours}"))
+                .map_err(|_| Error::config(format!("user agent {prefix:?}: not a header value")))?,
+            None => http::HeaderValue::from_static(ours),
+        };
         let connector = HttpConnector::new(options);
         let scheme = connector.scheme();
         let (inner, close) = self.spawn(resolution, connector);
@@ -328,6 +344,7 @@ impl Builder {
             wait_for_ready: self.wait_for_ready,
             track_rtt: self.policy == Policy::P2cPeakEwma && self.custom.is_none(),
             hash_header,
+            user_agent,
             _close: close,
         })))
     }

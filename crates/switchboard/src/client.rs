@@ -152,6 +152,9 @@ impl Client {
                     .transpose()?,
             );
         builder = crate::config::apply_balancing(&config, builder);
+        if let Some(prefix) = &config.user_agent {
+            builder = builder.user_agent(prefix.clone());
+        }
         if let Some(k) = config.keepalive_time {
             builder = builder.keepalive(Some(k));
         }

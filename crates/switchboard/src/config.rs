@@ -138,6 +138,10 @@ pub struct ClientConfig {
     /// Prefer the instances registered in the client's zone.
     #[serde(default, alias = "locality")]
     pub locality: Option<LocalitySection>,
+    /// What the `user-agent` of each RPC starts with (`gateway/1.4` sends
+    /// `gateway/1.4 grpc-rust-switchboard/VERSION`). Only switchboard's own unless set.
+    #[serde(default, alias = "user_agent")]
+    pub user_agent: Option<String>,
     /// Connection backoff; the gRPC spec's by default.
     #[serde(default, alias = "backoff")]
     pub backoff: Option<BackoffSection>,
@@ -486,6 +490,7 @@ impl Default for ClientConfig {
             ring_hash: None,
             subset_size: None,
             locality: None,
+            user_agent: None,
             backoff: None,
             retry: None,
             service_config: None,

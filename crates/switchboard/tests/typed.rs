@@ -118,3 +118,23 @@ async fn a_typed_client_runs_over_an_interceptor_and_a_tower_layer() -> Result<(
     assert_eq!(a.served(), served);
     Ok(())
 }
+
+/// Every RPC carries a `user-agent`: switchboard's own, after the config's `UserAgent` if set.
+#[tokio::test]
+async fn calls_carry_a_user_agent() -> Result<()> {
+    let a = TestServer::start("a").await?;
+    let ours = concat!("grpc-rust-switchboard/", env!("CARGO_PKG_VERSION"));
+    for (settings, expected) in [
+        (String::new(), ours.to_owned()),
+        (
+            "UserAgent: gateway/1.4\n".to_owned(),
+            format!("gateway/1.4 {ours}"),
+        ),
+    ] {
+        let yaml = format!("Endpoints: [{}]\n{settings}", a.addr());
+        let users = User::new(&Client::connect(ClientConfig::from_yaml(&yaml)?).await?);
+        users.get_user_info(GetUserInfoRequest { id: 1 }).await?;
+        assert_eq!(a.last_user_agent().as_deref(), Some(expected.as_str()));
+    }
+    Ok(())
+}

@@ -46,6 +46,8 @@ struct Shared {
     next_id: AtomicI64,
     /// Streaming calls not yet finished or cancelled.
     open_streams: AtomicUsize,
+    /// The `user-agent` of the last `GetUserInfo` call.
+    user_agent: std::sync::Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -188,6 +190,15 @@ impl TestServer {
     /// it completes or when the client cancels it (an HTTP/2 reset).
     pub fn open_streams(&self) -> usize {
         self.shared.open_streams.load(Ordering::Relaxed)
+    }
+
+    /// The `user-agent` of the last `GetUserInfo` call, if it had one.
+    pub fn last_user_agent(&self) -> Option<String> {
+        self.shared
+            .user_agent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// How many TCP connections to it are open now.
@@ -410,6 +421,13 @@ impl User for UserService {
         request: Request<GetUserInfoRequest>,
     ) -> Result<Response<UserInfo>, Status> {
         self.unary().await;
+        let agent = request.metadata().get("user-agent");
+        let agent = agent.and_then(|a| a.to_str().ok()).map(str::to_owned);
+        *self
+            .shared
+            .user_agent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = agent;
         let id = request.into_inner().id;
         Ok(Response::new(UserInfo {
             id,

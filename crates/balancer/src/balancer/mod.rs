@@ -62,6 +62,8 @@ pub(crate) struct Handle {
     pub(crate) track_rtt: bool,
     /// The metadata entry whose value `ring_hash` hashes, if any.
     pub(crate) hash_header: Option<http::HeaderName>,
+    /// The `user-agent` of requests that carry none.
+    pub(crate) user_agent: http::HeaderValue,
     /// Dropped with the last handle: stops the worker.
     pub(crate) _close: tokio::sync::oneshot::Sender<()>,
 }
@@ -149,6 +151,11 @@ impl Balancer {
         // The RPC's deadline bounds the wait for a READY instance, for the response headers,
         // and for the rest of the response, to the trailers.
         let timeout = grpc_timeout(request.headers());
+        if let http::header::Entry::Vacant(entry) =
+            request.headers_mut().entry(http::header::USER_AGENT)
+        {
+            entry.insert(handle.user_agent.clone());
+        }
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut unsent = 0u32;
         loop {
