@@ -33,7 +33,6 @@ pub(super) async fn send_on(
     ready: &Ready<Sender>,
     request: Request<tonic::body::Body>,
     started: Option<std::time::Instant>,
-    deadline: Option<tokio::time::Instant>,
 ) -> Result<Response<ResponseBody>, Failed> {
     let conn = &*ready.0;
     let (mut parts, body) = request.into_parts();
@@ -58,7 +57,11 @@ pub(super) async fn send_on(
             if let Some(code) = grpc_status(response.headers()) {
                 call.end(Some(code));
             }
-            Ok(response.map(|inner| ResponseBody::new(inner, call, deadline)))
+            Ok(response.map(|inner| ResponseBody {
+                inner: Some(inner),
+                call,
+                deadline: None,
+            }))
         }
         Err(mut e) => match e.take_message() {
             Some(mut back) => {
@@ -246,16 +249,10 @@ impl std::fmt::Debug for ResponseBody {
 }
 
 impl ResponseBody {
-    fn new(
-        inner: hyper::body::Incoming,
-        call: Call,
-        deadline: Option<tokio::time::Instant>,
-    ) -> Self {
-        Self {
-            inner: Some(inner),
-            call,
-            deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
-        }
+    /// This body, ended at `deadline` (the RPC's timer) if it has one.
+    pub(super) fn until(mut self, deadline: Option<Pin<Box<tokio::time::Sleep>>>) -> Self {
+        self.deadline = deadline;
+        self
     }
 }
 

@@ -157,27 +157,26 @@ impl Balancer {
             entry.insert(handle.user_agent.clone());
         }
         let deadline = timeout.map(|t| Instant::now() + t);
+        // One timer for the headers and then the body of the attempt that gets them.
+        let mut timer = deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));
         let mut unsent = 0u32;
         loop {
             let generation = inner.generation();
             // Peak-EWMA reads the clock once: for the pick and for the latency sample.
             let now = handle.track_rtt.then(std::time::Instant::now);
             let picked = match &**inner.load() {
-                Snapshot::Pick(picker) if picker.reads_request() => {
-                    let request = PickRequest {
-                        path: request.uri().path(),
-                        headers: request.headers(),
-                        hash: request_hash(&request, handle.hash_header.as_ref()),
-                        now: now.unwrap_or_else(std::time::Instant::now),
-                    };
-                    match picker.pick_for(&request) {
-                        Pick::Ready(ready) => Ok(ready.clone()),
-                        Pick::Queue => Err(None),
-                        Pick::Fail(status) => Err(Some(status)),
-                    }
-                }
                 Snapshot::Pick(picker) => {
-                    match now.map_or_else(|| picker.pick(), |now| picker.pick_at(now)) {
+                    let pick = if picker.reads_request() {
+                        picker.pick_for(&PickRequest {
+                            path: request.uri().path(),
+                            headers: request.headers(),
+                            hash: request_hash(&request, handle.hash_header.as_ref()),
+                            now: now.unwrap_or_else(std::time::Instant::now),
+                        })
+                    } else {
+                        now.map_or_else(|| picker.pick(), |now| picker.pick_at(now))
+                    };
+                    match pick {
                         Pick::Ready(ready) => Ok(ready.clone()),
                         Pick::Queue => Err(None),
                         Pick::Fail(status) => Err(Some(status)),
@@ -189,12 +188,12 @@ impl Balancer {
             let status = match picked {
                 Ok(ready) => {
                     let span = attempt_span(&inner.target, &ready.0.sub.addr, &request);
-                    let attempt = send_on(handle, &ready, request, now, deadline).instrument(span);
-                    let sent = match deadline {
-                        Some(at) => match tokio::time::timeout_at(at, attempt).await {
-                            Ok(sent) => sent,
+                    let attempt = send_on(handle, &ready, request, now).instrument(span);
+                    let sent = match timer.as_mut() {
+                        Some(timer) => tokio::select! {
+                            sent = attempt => sent,
                             // Dropping the attempt resets its HTTP/2 stream.
-                            Err(_) => {
+                            () = timer.as_mut() => {
                                 return Err(Status::deadline_exceeded(format!(
                                     "deadline of {:?} exceeded waiting for the response \
                                      headers of {}",
@@ -206,7 +205,9 @@ impl Balancer {
                         None => attempt.await,
                     };
                     match sent {
-                        Ok(response) => return Ok(response),
+                        Ok(response) => {
+                            return Ok(response.map(|body| body.until(timer.take())));
+                        }
                         Err(Failed::Sent(status)) => return Err(status),
                         Err(Failed::Unsent(back, why)) => {
                             request = back;
