@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::sub::{Link, Role};
+use super::sub::{Link, Role, picked};
 use super::{Core, Entry, Io, Order};
 use crate::picker::Policy;
 
@@ -134,15 +134,7 @@ impl<I: Io> Core<I> {
         for key in self.in_order() {
             let subs = &self.slots[key.as_str()];
             let current = subs.iter().find(|s| s.role == Role::Current);
-            let pick = subs
-                .iter()
-                .filter(|s| s.role == Role::Current)
-                .chain(
-                    subs.iter()
-                        .filter(|s| matches!(s.role, Role::Retired { .. })),
-                )
-                .find(|s| s.pickable().is_some());
-            if let Some(id) = pick.map(|s| s.id) {
+            if let Some(id) = picked(subs).map(|s| s.id) {
                 self.chosen = Some(id);
                 return self.chosen;
             }

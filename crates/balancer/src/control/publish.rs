@@ -6,7 +6,7 @@ use std::time::Instant;
 use tracing::debug;
 
 use super::Entry;
-use super::sub::{Role, Sub};
+use super::sub::{Role, Sub, picked};
 use super::{Core, Io};
 use crate::picker::{AnyPicker, Custom, Endpoint, LeastRequest, PickFirst, Policy, RingHash};
 use crate::snapshot::SubchannelSnapshot;
@@ -121,14 +121,8 @@ impl<I: Io> Core<I> {
             if subs.iter().any(|s| s.role == Role::Current && is_local(s)) {
                 local_total += 1;
             }
-            let pickable = subs
-                .iter()
-                .filter(|s| s.role == Role::Current)
-                .chain(
-                    subs.iter()
-                        .filter(|s| matches!(s.role, Role::Retired { .. })),
-                )
-                .find_map(|s| s.pickable().map(|c| (s.id, is_local(s), c.clone())));
+            let pickable =
+                picked(subs).and_then(|s| s.pickable().map(|c| (s.id, is_local(s), c.clone())));
             if let Some(entry) = pickable {
                 local_pickable += usize::from(entry.1);
                 ready.push(entry);

@@ -116,3 +116,12 @@ impl<H, R> Sub<H, R> {
         }
     }
 }
+
+/// The sub-channel of one instance that RPCs go to: its current one if it may be picked, else,
+/// while the current one is not READY after a move, its retired one.
+pub(crate) fn picked<H, R>(subs: &[Sub<H, R>]) -> Option<&Sub<H, R>> {
+    let with = |role: fn(Role) -> bool| subs.iter().filter(move |s| role(s.role));
+    with(|r| r == Role::Current)
+        .chain(with(|r| matches!(r, Role::Retired { .. })))
+        .find(|s| s.pickable().is_some())
+}
