@@ -62,7 +62,13 @@ pub struct Builder {
     subset_size: Option<usize>,
     locality: Option<Locality>,
     user_agent: Option<String>,
+    max_pending: usize,
 }
+
+/// How many calls wait at most for a free stream when every instance's peer has reached its
+/// `MAX_CONCURRENT_STREAMS` (as Envoy's `max_pending_requests`); see
+/// [`Builder::max_pending_calls`].
+pub const DEFAULT_MAX_PENDING_CALLS: usize = 1024;
 
 /// `ring_hash`'s options; see [`Builder::ring_hash`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +121,7 @@ impl Default for Builder {
             subset_size: None,
             locality: None,
             user_agent: None,
+            max_pending: DEFAULT_MAX_PENDING_CALLS,
         }
     }
 }
@@ -289,6 +296,18 @@ impl Builder {
         self
     }
 
+    /// How many calls may wait at once for a free stream (1024 unless set).
+    ///
+    /// A call never goes to a connection whose peer already has its `MAX_CONCURRENT_STREAMS`
+    /// open while another READY instance has room: it goes to the least busy one that has.
+    /// When none has, it waits in a queue (in order, woken as streams free up), until its
+    /// deadline; past `max` waiting calls, a call fails at once with RESOURCE_EXHAUSTED. A call
+    /// that is cancelled or expires leaves the queue at once.
+    pub fn max_pending_calls(mut self, max: usize) -> Self {
+        self.max_pending = max;
+        self
+    }
+
     /// Starts the balancer on `resolver`'s instances. Must be called within a tokio runtime.
     pub fn build_from(self, resolver: &impl Resolve) -> Result<Balancer, Error> {
         self.build(resolver.resolve())
@@ -345,6 +364,7 @@ impl Builder {
             track_rtt: self.policy == Policy::P2cPeakEwma && self.custom.is_none(),
             hash_header,
             user_agent,
+            max_pending: self.max_pending,
             _close: close,
         })))
     }

@@ -70,7 +70,7 @@ pub use balancer::{
     Balancer, BoxError, ResponseBody, ResponseFuture, Unprocessed, WaitForReady, grpc_timeout,
     is_unprocessed,
 };
-pub use builder::{Builder, RingHashOptions};
+pub use builder::{Builder, DEFAULT_MAX_PENDING_CALLS, RingHashOptions};
 #[cfg(feature = "tls")]
 pub use connect::tls::{TlsConfig, TlsError};
 pub use control::{

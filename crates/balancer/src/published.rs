@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::control::Snapshot;
 use crate::snapshot::{ChannelSnapshot, SubchannelSnapshot};
 use crate::state::ConnectivityState;
-use crate::subchannel::Ready;
+use crate::subchannel::{Ready, Room};
 
 /// The facts of every sub-channel, as the control core has them.
 pub(crate) trait View: Send + Sync {
@@ -28,6 +28,8 @@ pub(crate) struct Published<S> {
     changed: Notify,
     state: watch::Sender<ConnectivityState>,
     view: OnceLock<Arc<dyn View>>,
+    /// The calls waiting for a free stream.
+    pub(crate) room: Arc<Room>,
 }
 
 impl<S> Published<S> {
@@ -39,6 +41,7 @@ impl<S> Published<S> {
             changed: Notify::new(),
             state: watch::Sender::new(ConnectivityState::Connecting),
             view: OnceLock::new(),
+            room: Arc::default(),
         }
     }
 
@@ -113,6 +116,7 @@ impl<S> Published<S> {
             state: self.state(),
             picker_generation: self.generation(),
             updates_applied,
+            pending_calls: self.room.waiting(),
             subchannels,
         }
     }

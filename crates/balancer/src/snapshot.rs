@@ -19,6 +19,9 @@ pub struct ChannelSnapshot {
     /// How many resolver updates (`Reset`, `Add`, `Remove`) the balancer has applied: the
     /// sub-channels listed are those after the last of them (draining ones included).
     pub updates_applied: u64,
+    /// Calls waiting for a free stream: every READY instance's peer has reached its
+    /// `MAX_CONCURRENT_STREAMS`.
+    pub pending_calls: usize,
     /// One entry per sub-channel not yet SHUTDOWN (draining ones included), in instance-key
     /// order.
     pub subchannels: Vec<SubchannelSnapshot>,

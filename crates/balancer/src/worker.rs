@@ -56,6 +56,7 @@ impl<C: Connector> Io for Tasks<C> {
             instance.addr.clone(),
             instance.weight,
             self.config.rtt_decay,
+            self.published.room.clone(),
         ));
         let (orders, orders_rx) = watch::channel(order);
         let backoff = Backoff::new(self.config.backoff, SmallRng::from_rng(&mut self.rng));

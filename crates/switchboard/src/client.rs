@@ -155,6 +155,9 @@ impl Client {
         if let Some(prefix) = &config.user_agent {
             builder = builder.user_agent(prefix.clone());
         }
+        if let Some(max) = config.max_pending_calls {
+            builder = builder.max_pending_calls(max);
+        }
         if let Some(k) = config.keepalive_time {
             builder = builder.keepalive(Some(k));
         }
@@ -185,6 +188,11 @@ impl Client {
                 streaming: config.streaming_methods.clone().into(),
                 retry,
                 methods,
+                buffer: config
+                    .retry
+                    .as_ref()
+                    .and_then(|r| r.buffer_bytes)
+                    .unwrap_or(retry::DEFAULT_RETRY_BUFFER),
             },
         })
     }
@@ -265,6 +273,8 @@ pub struct Channel {
     retry: Arc<RetryPolicy>,
     /// The service config's per-method settings, if it has any.
     methods: Option<Arc<MethodTable>>,
+    /// The most bytes of a request kept to send it again.
+    buffer: usize,
 }
 
 impl Channel {
@@ -326,9 +336,12 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
             .and_then(|m| m.retry.clone())
             .unwrap_or_else(|| self.retry.clone());
         let balancer = self.balancer.clone();
+        let buffer = self.buffer;
         let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
         let call: ResponseFuture =
-            Box::pin(async move { retry::call(&policy, balancer, request, deadline).await });
+            Box::pin(
+                async move { retry::call(&policy, balancer, request, deadline, buffer).await },
+            );
         match timeout {
             None => call,
             Some(t) => Box::pin(async move {

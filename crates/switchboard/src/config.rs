@@ -142,6 +142,11 @@ pub struct ClientConfig {
     /// `gateway/1.4 grpc-rust-switchboard/VERSION`). Only switchboard's own unless set.
     #[serde(default, alias = "user_agent")]
     pub user_agent: Option<String>,
+    /// How many calls may wait at once for a free stream when every instance has reached its
+    /// `MAX_CONCURRENT_STREAMS` (1024 unless set); past it a call fails with
+    /// RESOURCE_EXHAUSTED.
+    #[serde(default, alias = "max_pending_calls")]
+    pub max_pending_calls: Option<usize>,
     /// Connection backoff; the gRPC spec's by default.
     #[serde(default, alias = "backoff")]
     pub backoff: Option<BackoffSection>,
@@ -280,6 +285,11 @@ pub struct RetrySection {
     /// `{MaxTokens: 0}` turns it off.
     #[serde(default, alias = "throttling")]
     pub throttling: Option<ThrottlingSection>,
+    /// The most bytes of one RPC's request kept to send it again (by retries, transparent
+    /// ones included): 262144 (256 KiB, grpc-go's default) unless set. A request that
+    /// outgrows it is sent once; `0` keeps none.
+    #[serde(default, alias = "buffer_bytes")]
+    pub buffer_bytes: Option<usize>,
 }
 
 /// Outlier detection (gRFC A50): every `Interval`, instances whose RPCs fail much more than the
@@ -491,6 +501,7 @@ impl Default for ClientConfig {
             subset_size: None,
             locality: None,
             user_agent: None,
+            max_pending_calls: None,
             backoff: None,
             retry: None,
             service_config: None,

@@ -35,6 +35,7 @@ mod typed;
 pub use client::{Channel, Client, DEFAULT_DIAL_TIMEOUT};
 pub use config::ClientConfig;
 pub use error::Error;
+pub use retry::DEFAULT_RETRY_BUFFER;
 pub use server::{Server, Serving};
 pub use switchboard_balancer as balancer;
 pub use switchboard_resolver as resolver;

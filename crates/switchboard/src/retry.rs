@@ -22,21 +22,22 @@
 //!   waited out; the RPC fails at once with its last status.
 //! - A retry carries `grpc-previous-rpc-attempts`.
 //!
-//! **Which RPCs.** The channel cannot tell a unary call from a streaming one, so it looks at
-//! the request body instead: it reads the frames that are ready at once, and if the body ends
-//! within [`BUFFER_LIMIT`] bytes it keeps them to send again. That covers unary and
-//! server-streaming calls (tonic's encoder yields their one message at once) and short client
-//! streams that are already complete. A body that is larger, or waits for the caller's next
-//! message, is sent once, as read so far plus the rest, and not retried. A successful attempt
-//! counts as a success for throttling when its headers arrive (a status in the trailers of a
-//! committed response is not seen here).
+//! **Which RPCs: all of them, up to a buffer.** Every request is kept, while it is sent, up to
+//! `Retry.BufferBytes` ([`DEFAULT_RETRY_BUFFER`], 256 KiB, unless set) per RPC, so that it can
+//! be sent again: a unary or server-streaming request (read whole at once, without copying),
+//! and a client or bidi stream, whose messages are recorded as the first attempt sends them; a
+//! retry replays them and then sends the caller's next messages as they come. The RPC is
+//! *committed*, and no longer retried, once a response arrives (headers without a status) or
+//! its request outgrows the buffer: the attempt that holds it sends on, and the record is let
+//! go. A successful attempt counts as a success for throttling when its headers arrive (a
+//! status in the trailers of a committed response is not seen here).
 //!
 //! **Transparent retries.** Requests that never left the client (their connection closed
 //! before they were sent) are re-picked by the balancer on its own. A request that reached a
 //! server which did not process it (it refused the stream with `REFUSED_STREAM`, or sent a
 //! GOAWAY below its stream id) is sent again once at once, on a new pick, without counting as
-//! an attempt, without backoff or throttling, and even when retries are off; if that happens
-//! again it counts as an UNAVAILABLE attempt.
+//! an attempt, without backoff or throttling, and even when retries are off, whatever its kind,
+//! as long as it is not committed; if that happens again it counts as an UNAVAILABLE attempt.
 //!
 //! # Examples
 //!
@@ -79,11 +80,16 @@ use tracing::{debug, trace};
 use crate::config::RetrySection;
 use crate::error::Error;
 
+mod replay;
+
+use replay::Tape;
+
 /// The most attempts an RPC gets, whatever `MaxAttempts` says (gRFC A6).
 pub(crate) const MAX_ATTEMPTS: u32 = 5;
 
-/// The largest request body kept for retries: 64 KiB.
-pub(crate) const BUFFER_LIMIT: usize = 64 * 1024;
+/// The most bytes of a request body kept to send it again, unless `Retry.BufferBytes` says
+/// otherwise: 256 KiB, grpc-go's default.
+pub const DEFAULT_RETRY_BUFFER: usize = 256 * 1024;
 
 const PUSHBACK: &str = "grpc-retry-pushback-ms";
 const PREVIOUS_ATTEMPTS: &str = "grpc-previous-rpc-attempts";
@@ -429,19 +435,29 @@ impl<'a> Attempts<'a> {
     }
 }
 
+/// What each attempt of an RPC sends.
+enum Sent {
+    /// A request body read whole at once (a unary or server-streaming call's).
+    Whole(Bytes),
+    /// A body sent as it comes, recorded for the next attempt while it fits the buffer.
+    Recorded(Tape),
+}
+
 /// Sends `request` with retries under `policy`, within `deadline` (which the caller also
-/// enforces around this future).
+/// enforces around this future), keeping at most `limit` bytes of its body to send again.
 pub(crate) async fn call(
     policy: &RetryPolicy,
     mut balancer: Balancer,
     request: Request<Body>,
     deadline: Option<Instant>,
+    limit: usize,
 ) -> Result<Response<ResponseBody>, BoxError> {
     let (parts, body) = request.into_parts();
-    let bytes = match buffer(body, BUFFER_LIMIT).await {
-        Buffered::Whole(bytes) => bytes,
-        Buffered::Partial(body) => {
-            trace!("request body not complete within the retry buffer: sent once");
+    let sent = match buffer(body, limit).await {
+        Buffered::Whole(bytes) => Sent::Whole(bytes),
+        Buffered::Open { head, len, rest } => Sent::Recorded(Tape::new(head, len, rest, limit)),
+        Buffered::Once(body) => {
+            trace!("request body larger than the retry buffer: sent once");
             let result = balancer.call(Request::from_parts(parts, body)).await;
             policy.account(outcome(&result));
             return result;
@@ -452,7 +468,11 @@ pub(crate) async fn call(
     let mut transparent = true;
     let mut sends = 0u32;
     loop {
-        let mut request = Request::from_parts(parts.clone(), Body::new(Full::new(bytes.clone())));
+        let body = match &sent {
+            Sent::Whole(bytes) => Body::new(Full::new(bytes.clone())),
+            Sent::Recorded(tape) => tape.body(sends),
+        };
+        let mut request = Request::from_parts(parts.clone(), body);
         let headers = request.headers_mut();
         if attempts.made > 0 {
             headers.insert(PREVIOUS_ATTEMPTS, HeaderValue::from(attempts.made));
@@ -465,10 +485,23 @@ pub(crate) async fn call(
                 headers.insert("grpc-timeout", v);
             }
         }
+        let attempt = sends;
         sends += 1;
         let result = balancer.call(request).await;
+        let replayable = match &sent {
+            Sent::Whole(_) => true,
+            Sent::Recorded(tape) => {
+                if outcome(&result) == Outcome::Committed {
+                    tape.commit(attempt);
+                }
+                tape.replayable()
+            }
+        };
         if let Err(error) = &result {
-            if transparent && error.downcast_ref::<Status>().is_some_and(is_unprocessed) {
+            if transparent
+                && replayable
+                && error.downcast_ref::<Status>().is_some_and(is_unprocessed)
+            {
                 transparent = false;
                 debug!(%error, "not processed by the server: sent again transparently");
                 continue;
@@ -481,6 +514,15 @@ pub(crate) async fn call(
                 if attempts.made > 1 || why != Done::NotRetryable {
                     debug!(attempts = attempts.made, ?outcome, ?why, "not retrying");
                 }
+                return result;
+            }
+            Next::Retry(_) if !replayable => {
+                debug!(
+                    attempts = attempts.made,
+                    ?outcome,
+                    limit,
+                    "the request outgrew the retry buffer: not retrying"
+                );
                 return result;
             }
             Next::Retry(delay) => {
@@ -505,8 +547,14 @@ pub(crate) async fn call(
 enum Buffered {
     /// All of it.
     Whole(Bytes),
-    /// Too large or not complete yet: what was read, then the rest.
-    Partial(Body),
+    /// Not complete yet, within the limit: the frames read, and the rest.
+    Open {
+        head: Vec<Bytes>,
+        len: usize,
+        rest: Body,
+    },
+    /// Larger than the limit (or with trailers): what was read, then the rest, sent once.
+    Once(Body),
     /// Reading it failed.
     Failed(Status),
 }
@@ -516,6 +564,7 @@ async fn buffer(mut body: Body, limit: usize) -> Buffered {
     enum Stop {
         End,
         NotReady,
+        Over,
         Trailers(HeaderMap),
         Failed(Status),
     }
@@ -530,7 +579,7 @@ async fn buffer(mut body: Body, limit: usize) -> Buffered {
                         len += data.len();
                         chunks.push(data);
                         if len > limit {
-                            return Poll::Ready(Stop::NotReady);
+                            return Poll::Ready(Stop::Over);
                         }
                     }
                     Err(frame) => {
@@ -545,34 +594,34 @@ async fn buffer(mut body: Body, limit: usize) -> Buffered {
         }
     })
     .await;
-    let mut head: VecDeque<Frame<Bytes>> = chunks.into_iter().map(Frame::data).collect();
     match stop {
-        Stop::End => {
-            let bytes = match head.len() {
-                0 => Bytes::new(),
-                1 => head
-                    .pop_front()
-                    .and_then(|f| f.into_data().ok())
-                    .unwrap_or_default(),
-                _ => {
-                    let mut all = BytesMut::with_capacity(len);
-                    for frame in head {
-                        if let Ok(data) = frame.into_data() {
-                            all.extend_from_slice(&data);
-                        }
-                    }
-                    all.freeze()
+        Stop::End => Buffered::Whole(match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut all = BytesMut::with_capacity(len);
+                for data in chunks {
+                    all.extend_from_slice(&data);
                 }
-            };
-            Buffered::Whole(bytes)
-        }
-        Stop::NotReady => Buffered::Partial(Body::new(Prefixed { head, rest: body })),
-        Stop::Trailers(trailers) => {
-            head.push_back(Frame::trailers(trailers));
-            Buffered::Partial(Body::new(Prefixed { head, rest: body }))
-        }
+                all.freeze()
+            }
+        }),
+        Stop::NotReady => Buffered::Open {
+            head: chunks,
+            len,
+            rest: body,
+        },
+        Stop::Over => Buffered::Once(prefixed(chunks, None, body)),
+        Stop::Trailers(trailers) => Buffered::Once(prefixed(chunks, Some(trailers), body)),
         Stop::Failed(status) => Buffered::Failed(status),
     }
+}
+
+/// `head`'s frames (and `trailers`), then the rest of `body`.
+fn prefixed(head: Vec<Bytes>, trailers: Option<HeaderMap>, rest: Body) -> Body {
+    let mut head: VecDeque<Frame<Bytes>> = head.into_iter().map(Frame::data).collect();
+    head.extend(trailers.map(Frame::trailers));
+    Body::new(Prefixed { head, rest })
 }
 
 /// The frames already read from a body, then the rest of it.

@@ -336,6 +336,7 @@ fn retry_policy(value: &Value, path: &str) -> Result<RetrySection, Error> {
         backoff_multiplier: Some(multiplier),
         retryable_status_codes: Some(names),
         throttling: None,
+        buffer_bytes: None,
     })
 }
 

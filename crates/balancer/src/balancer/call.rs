@@ -40,8 +40,8 @@ pub(super) async fn send_on(
         .map_err(|e| Failed::Sent(Status::internal(format!("request URI: {e}"))))?;
     let request = Request::from_parts(parts, body);
 
+    // The pick counted the call on its sub-channel.
     let sub = &conn.sub;
-    sub.call_started();
     let mut call = Call {
         sub: Some(sub.clone()),
         started: started.unwrap_or_else(std::time::Instant::now),

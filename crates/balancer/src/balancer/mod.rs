@@ -21,6 +21,7 @@ use crate::picker::{Pick, PickRequest, Picker, RequestHash, ring_hash};
 use crate::published::Published;
 use crate::snapshot::ChannelSnapshot;
 use crate::state::ConnectivityState;
+use crate::subchannel::Ready;
 
 mod call;
 
@@ -64,6 +65,8 @@ pub(crate) struct Handle {
     pub(crate) hash_header: Option<http::HeaderName>,
     /// The `user-agent` of requests that carry none.
     pub(crate) user_agent: http::HeaderValue,
+    /// The most calls that wait for a free stream at once.
+    pub(crate) max_pending: usize,
     /// Dropped with the last handle: stops the worker.
     pub(crate) _close: tokio::sync::oneshot::Sender<()>,
 }
@@ -140,6 +143,41 @@ impl Balancer {
         self.handle.inner.snapshot()
     }
 
+    /// The sub-channel for `request`, its call counted: the picker's choice if its peer has a
+    /// free stream, else the least busy READY one that has, else [`Picked::Full`].
+    fn pick(
+        &self,
+        request: &Request<tonic::body::Body>,
+        now: Option<std::time::Instant>,
+    ) -> Picked {
+        let handle = &*self.handle;
+        let snapshot = handle.inner.load();
+        let picker = match &**snapshot {
+            Snapshot::Pick(picker) => picker,
+            Snapshot::Queue => return Picked::Wait(None),
+            Snapshot::Fail(status) => return Picked::Wait(Some(status.clone())),
+        };
+        let pick = if picker.reads_request() {
+            picker.pick_for(&PickRequest {
+                path: request.uri().path(),
+                headers: request.headers(),
+                hash: request_hash(request, handle.hash_header.as_ref()),
+                now: now.unwrap_or_else(std::time::Instant::now),
+            })
+        } else {
+            now.map_or_else(|| picker.pick(), |now| picker.pick_at(now))
+        };
+        match pick {
+            Pick::Ready(ready) if ready.0.sub.try_call_started(max_streams(ready)) => {
+                Picked::Ready(ready.clone())
+            }
+            // Its peer's MAX_CONCURRENT_STREAMS is reached: h2 would queue the call behind it.
+            Pick::Ready(_) => with_room(picker.endpoints()),
+            Pick::Queue => Picked::Wait(None),
+            Pick::Fail(status) => Picked::Wait(Some(status)),
+        }
+    }
+
     /// Sends one request on a sub-channel picked for it, waiting for a READY one as gRPC
     /// does, never past the request's deadline.
     async fn send(
@@ -160,31 +198,49 @@ impl Balancer {
         // One timer for the headers and then the body of the attempt that gets them.
         let mut timer = deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));
         let mut unsent = 0u32;
+        // Counted among the calls waiting for a free stream, and told when one is freed.
+        let mut waiting = None;
         loop {
             let generation = inner.generation();
             // Peak-EWMA reads the clock once: for the pick and for the latency sample.
             let now = handle.track_rtt.then(std::time::Instant::now);
-            let picked = match &**inner.load() {
-                Snapshot::Pick(picker) => {
-                    let pick = if picker.reads_request() {
-                        picker.pick_for(&PickRequest {
-                            path: request.uri().path(),
-                            headers: request.headers(),
-                            hash: request_hash(&request, handle.hash_header.as_ref()),
-                            now: now.unwrap_or_else(std::time::Instant::now),
-                        })
-                    } else {
-                        now.map_or_else(|| picker.pick(), |now| picker.pick_at(now))
+            let picked = match self.pick(&request, now) {
+                Picked::Ready(ready) => Ok(ready),
+                Picked::Wait(status) => Err(status),
+                Picked::Full => {
+                    let Some((_, freed)) = &mut waiting else {
+                        let Some(counted) = inner.room.enter(handle.max_pending) else {
+                            return Err(Status::resource_exhausted(format!(
+                                "{} calls already wait for a free stream to {}: every \
+                                 instance's MAX_CONCURRENT_STREAMS is reached",
+                                handle.max_pending, inner.target
+                            )));
+                        };
+                        let mut freed = Box::pin(inner.room.freed.notified());
+                        freed.as_mut().enable();
+                        // A stream may have been freed since the pick: look again before
+                        // waiting.
+                        waiting = Some((counted, freed));
+                        continue;
                     };
-                    match pick {
-                        Pick::Ready(ready) => Ok(ready.clone()),
-                        Pick::Queue => Err(None),
-                        Pick::Fail(status) => Err(Some(status)),
+                    let woken = tokio::select! {
+                        () = freed.as_mut() => true,
+                        changed = inner.changed_since(generation, deadline) => changed,
+                    };
+                    if !woken {
+                        return Err(Status::deadline_exceeded(format!(
+                            "deadline exceeded while waiting for a free stream to {}: every \
+                             instance's MAX_CONCURRENT_STREAMS is reached",
+                            inner.target
+                        )));
                     }
+                    let mut next = Box::pin(inner.room.freed.notified());
+                    next.as_mut().enable();
+                    *freed = next;
+                    continue;
                 }
-                Snapshot::Queue => Err(None),
-                Snapshot::Fail(status) => Err(Some(status.clone())),
             };
+            waiting = None;
             let status = match picked {
                 Ok(ready) => {
                     let span = attempt_span(&inner.target, &ready.0.sub.addr, &request);
@@ -244,6 +300,44 @@ impl Balancer {
             }
         }
     }
+}
+
+/// What one pick found.
+enum Picked {
+    /// Send it here: the call is counted on the sub-channel.
+    Ready(Ready<Sender>),
+    /// Every READY sub-channel's peer has all the streams it allows open.
+    Full,
+    /// No READY sub-channel: wait for the next picker, or fail with this status if fail-fast.
+    Wait(Option<Status>),
+}
+
+/// The streams `ready`'s peer allows at once (its `MAX_CONCURRENT_STREAMS`).
+#[inline]
+fn max_streams(ready: &Ready<Sender>) -> usize {
+    ready
+        .0
+        .max_streams
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The least busy of `endpoints` whose peer has a free stream, its call counted.
+fn with_room(endpoints: &[Ready<Sender>]) -> Picked {
+    // Another call can take the last free stream between the look and the count: look again.
+    for _ in 0..3 {
+        let best = endpoints
+            .iter()
+            .filter(|r| r.0.sub.has_room(max_streams(r)))
+            .min_by_key(|r| r.0.sub.in_flight.load(std::sync::atomic::Ordering::Relaxed));
+        match best {
+            Some(ready) if ready.0.sub.try_call_started(max_streams(ready)) => {
+                return Picked::Ready(ready.clone());
+            }
+            Some(_) => {}
+            None => return Picked::Full,
+        }
+    }
+    Picked::Full
 }
 
 /// The hash `ring_hash` routes `request` by: its [`RequestHash`] extension, else the hash of

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -43,6 +44,9 @@ pub(crate) struct Connection<S> {
     pub(crate) closed: BoxFuture<Closed>,
     /// Closes the socket at once, failing whatever is still in flight.
     pub(crate) abort: Box<dyn FnOnce() + Send>,
+    /// The streams the peer allows at once (its `MAX_CONCURRENT_STREAMS`), as its latest
+    /// SETTINGS say.
+    pub(crate) max_streams: Arc<AtomicUsize>,
 }
 
 /// Establishes connections. Implemented by [`HttpConnector`]; tests drive the sub-channel state
@@ -162,7 +166,20 @@ async fn connect(
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| format!("HTTP/2 handshake: {}", chain(&e)))?;
-    let mut closed: BoxFuture<Closed> = Box::pin(async move { classify(conn.await) });
+    // The peer's stream limit, read each time the connection's task runs (its SETTINGS can
+    // change it at any time).
+    let max_streams = Arc::new(AtomicUsize::new(usize::MAX));
+    let limit = max_streams.clone();
+    let mut conn = conn;
+    let driven = std::future::poll_fn(move |cx| {
+        let polled = Pin::new(&mut conn).poll(cx);
+        let now = conn.current_max_send_streams();
+        if limit.load(Ordering::Relaxed) != now {
+            limit.store(now, Ordering::Relaxed);
+        }
+        polled
+    });
+    let mut closed: BoxFuture<Closed> = Box::pin(async move { classify(driven.await) });
     let mut first_frame = first_frame;
     tokio::select! {
         // The first frame's verdict says more than the error the connection ends with.
@@ -186,6 +203,7 @@ async fn connect(
         sender,
         closed,
         abort: Box::new(move || closer.abort()),
+        max_streams,
     })
 }
 

@@ -49,7 +49,7 @@ use crate::state::{ConnectivityState, Health};
 
 mod shared;
 
-pub(crate) use shared::{Ready, ReadyConn, Shared};
+pub(crate) use shared::{Ready, ReadyConn, Room, Shared};
 
 /// What a sub-channel's task reports to the control core.
 #[derive(Debug)]
@@ -254,6 +254,7 @@ impl<C: Connector> Driver<C> {
             sender,
             mut closed,
             abort,
+            max_streams,
         } = conn;
         let health = self.watch_health(&sender);
         tokio::pin!(health);
@@ -261,6 +262,7 @@ impl<C: Connector> Driver<C> {
             sub: self.shared.clone(),
             sender,
             authority: self.authority.clone(),
+            max_streams,
         }));
         self.transition(ConnectivityState::Ready, None, Some(ready));
         let how = tokio::select! {

@@ -1,7 +1,7 @@
 //! What the call path, the pickers and a sub-channel's task share of one sub-channel.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -28,6 +28,44 @@ pub(crate) struct Shared {
     pub(crate) metrics: SubMetrics,
     pub(crate) draining: AtomicBool,
     pub(crate) idle: Notify,
+    /// The channel's calls waiting for a free stream: told when this one's call ends.
+    pub(crate) room: Arc<Room>,
+}
+
+/// The calls of one channel that wait for a free stream, every sub-channel's peer having
+/// reached its `MAX_CONCURRENT_STREAMS`: a count, bounded, and a FIFO of wakers, one woken each
+/// time a call ends anywhere while some wait.
+#[derive(Debug, Default)]
+pub(crate) struct Room {
+    pub(crate) waiting: AtomicUsize,
+    pub(crate) freed: Notify,
+}
+
+impl Room {
+    /// Counts one more waiting call, unless `max` already wait.
+    pub(crate) fn enter(&self, max: usize) -> Option<Waiting<'_>> {
+        self.waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Waiting(self))
+    }
+
+    /// How many calls wait now.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+}
+
+/// One waiting call: no longer counted once dropped (served, expired or cancelled).
+#[derive(Debug)]
+pub(crate) struct Waiting<'a>(&'a Room);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -38,6 +76,7 @@ impl Shared {
         addr: String,
         weight: u32,
         rtt_decay: Duration,
+        room: Arc<Room>,
     ) -> Self {
         Self {
             metrics: SubMetrics::new(target),
@@ -52,6 +91,7 @@ impl Shared {
             rtt: PeakEwma::new(rtt_decay),
             draining: AtomicBool::new(false),
             idle: Notify::new(),
+            room,
         }
     }
 
@@ -65,12 +105,36 @@ impl Shared {
         }
     }
 
-    /// One more RPC in flight.
-    #[inline]
+    /// One more RPC in flight, whatever the limit.
+    #[cfg(test)]
     pub(crate) fn call_started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.started.fetch_add(1, Ordering::Relaxed);
         self.metrics.picked();
+    }
+
+    /// One more RPC in flight if fewer than `limit` are (the peer's `MAX_CONCURRENT_STREAMS`);
+    /// `false` if the connection has no free stream.
+    #[inline]
+    pub(crate) fn try_call_started(&self, limit: usize) -> bool {
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+        let taken = self
+            .in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok();
+        if taken {
+            self.started.fetch_add(1, Ordering::Relaxed);
+            self.metrics.picked();
+        }
+        taken
+    }
+
+    /// Whether fewer than `limit` RPCs are in flight.
+    #[inline]
+    pub(crate) fn has_room(&self, limit: usize) -> bool {
+        usize::try_from(self.in_flight.load(Ordering::SeqCst)).is_ok_and(|n| n < limit)
     }
 
     /// An RPC is done: with its status code and how long it took, or `None` if it was never
@@ -90,10 +154,13 @@ impl Shared {
                 self.started.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
             && self.draining.load(Ordering::Acquire)
         {
             self.idle.notify_one();
+        }
+        if self.room.waiting.load(Ordering::SeqCst) > 0 {
+            self.room.freed.notify_one();
         }
     }
 }
@@ -104,6 +171,8 @@ pub(crate) struct ReadyConn<S> {
     pub(crate) sub: Arc<Shared>,
     pub(crate) sender: S,
     pub(crate) authority: Authority,
+    /// The streams the peer allows at once (its `MAX_CONCURRENT_STREAMS`).
+    pub(crate) max_streams: Arc<AtomicUsize>,
 }
 
 /// A cheap handle on a READY connection: what picker snapshots hold.

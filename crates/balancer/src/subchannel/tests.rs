@@ -65,6 +65,7 @@ impl Connector for Script {
                 }
                 Some(Outcome::Connect(closed)) => Ok(Connection {
                     sender: (),
+                    max_streams: Arc::default(),
                     closed: Box::pin(async move {
                         match closed.await {
                             Ok(how) => how,
@@ -103,6 +104,7 @@ fn start(script: Script, keepalive: Option<Duration>, drain_timeout: Duration) -
         "127.0.0.1:1".into(),
         1,
         Duration::from_secs(10),
+        Arc::default(),
     ));
     let (events_tx, events) = mpsc::unbounded_channel();
     let (drain, drain_rx) = watch::channel(Order::Run);

@@ -205,7 +205,7 @@ fn invalid_retry_settings_are_refused_naming_the_field() {
 }
 
 #[tokio::test]
-async fn a_complete_small_body_is_kept_and_anything_else_passes_through_whole() {
+async fn a_complete_small_body_is_kept_whole_and_an_open_one_is_recorded() {
     let body = Body::new(Full::new(Bytes::from_static(b"hello")));
     match buffer(body, 16).await {
         Buffered::Whole(bytes) => assert_eq!(bytes, "hello"),
@@ -213,7 +213,7 @@ async fn a_complete_small_body_is_kept_and_anything_else_passes_through_whole() 
     }
     let large = Bytes::from(vec![7u8; 100]);
     match buffer(Body::new(Full::new(large.clone())), 16).await {
-        Buffered::Partial(body) => {
+        Buffered::Once(body) => {
             let read = body.collect().await.expect("readable").to_bytes();
             assert_eq!(read, large);
         }
@@ -226,11 +226,13 @@ async fn a_complete_small_body_is_kept_and_anything_else_passes_through_whole() 
         .expect("open");
     let stream = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     match buffer(Body::new(stream), 1024).await {
-        Buffered::Partial(body) => {
+        Buffered::Open { head, len, rest } => {
+            assert_eq!((head.len(), len), (1, 5));
             tx.send(Ok(Frame::data(Bytes::from_static(b"+second"))))
                 .await
                 .expect("open");
             drop(tx);
+            let body = Tape::new(head, len, rest, 1024).body(0);
             let read = body.collect().await.expect("readable").to_bytes();
             assert_eq!(read, "first+second");
         }
