@@ -494,3 +494,201 @@ async fn a_grpc_go_server_stream_outlives_the_unary_default_and_ends_at_its_own_
     );
     Ok(())
 }
+
+/// `callers` callers making `each` calls: what each call got and how long it took, and how
+/// long they all took.
+async fn timed_calls(
+    client: &Client,
+    callers: usize,
+    each: usize,
+) -> Result<(Vec<(String, String)>, Vec<Duration>, Duration)> {
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for caller in 0..callers {
+        let mut users = UserClient::new(client.channel());
+        tasks.spawn(async move {
+            let mut results = Vec::with_capacity(each);
+            for _ in 0..each {
+                let begun = Instant::now();
+                let reply = users
+                    .get_user_info(GetUserInfoRequest { id: caller as i64 })
+                    .await
+                    .map(|r| r.into_inner());
+                results.push((reply, begun.elapsed()));
+            }
+            results
+        });
+    }
+    let (mut served, mut took) = (Vec::new(), Vec::new());
+    while let Some(results) = tasks.join_next().await {
+        for (reply, elapsed) in results? {
+            let reply = reply?;
+            served.push((reply.instance, reply.username));
+            took.push(elapsed);
+        }
+    }
+    took.sort();
+    Ok((served, took, started.elapsed()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_policy_sends_calls_around_a_grpc_go_server_allowing_one_stream() -> Result<()> {
+    init_tracing();
+    // Two grpc-go servers answering in 200 ms; one allows a single stream at a time.
+    const DELAY: Duration = Duration::from_millis(200);
+    const CALLERS: usize = 32;
+    let narrow = go_server(
+        "narrow",
+        &["--max-concurrent-streams", "1", "--delay", "200ms"],
+    )
+    .await?;
+    let free = go_server("free", &["--delay", "200ms"]).await?;
+    // What the free server alone can serve: every caller always busy there.
+    let room = CALLERS as f64 / DELAY.as_secs_f64();
+    for policy in [
+        "round_robin",
+        "p2c",
+        "p2c_peak_ewma",
+        "least_request",
+        "weighted_round_robin",
+        "ring_hash",
+    ] {
+        let client = static_client(
+            &[narrow.addr(), free.addr()],
+            &format!("Policy: {policy}\n"),
+        )
+        .await?;
+        until(&client, "both READY", |c| ready_count(c) == 2).await?;
+        let (served, took, elapsed) = timed_calls(&client, CALLERS, 8).await?;
+        let rps = served.len() as f64 / elapsed.as_secs_f64();
+        let p99 = took[took.len() * 99 / 100];
+        let counts = tally(&served);
+        let peak = served
+            .iter()
+            .filter(|(instance, _)| instance == "narrow")
+            .filter_map(|(_, detail)| go_peak(detail))
+            .max();
+        println!(
+            "{policy:>20}: {rps:6.0} RPS ({:.2}× the free server's room), p99 {p99:?}, \
+             {counts:?}, narrow peak {peak:?}",
+            rps / room
+        );
+        assert!(peak.unwrap_or(0) <= 1, "{policy}: narrow peak {peak:?}");
+        assert!(
+            rps >= 0.9 * room,
+            "{policy}: {rps:.0} RPS, below 0.9× the {room:.0} the free server can serve"
+        );
+        assert!(p99 < 2 * DELAY, "{policy}: p99 {p99:?}");
+        assert_eq!(client.balancer().snapshot().pending_calls, 0);
+    }
+    Ok(())
+}
+
+/// The process's resident memory, in KiB.
+fn rss_kib() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_for_a_full_grpc_go_server_are_bounded_and_leave_at_their_deadline()
+-> Result<()> {
+    init_tracing();
+    // One stream allowed, held by a call the server answers only after a minute.
+    let server = go_server("full", &["--max-concurrent-streams", "1", "--delay", "60s"]).await?;
+    let client = static_client(&[server.addr()], "Timeout: 90s\nMaxPendingCalls: 64\n").await?;
+    until(&client, "READY", |c| ready_count(c) == 1).await?;
+    let holder = tokio::spawn({
+        let mut users = UserClient::new(client.channel());
+        async move { users.get_user_info(GetUserInfoRequest { id: 1 }).await }
+    });
+    until(&client, "the stream taken", |c| {
+        c.balancer().snapshot().subchannels[0].in_flight == 1
+    })
+    .await?;
+
+    // Past MaxPendingCalls, a call fails at once with RESOURCE_EXHAUSTED; the waiting ones
+    // leave at their deadline with DEADLINE_EXCEEDED.
+    let mut waiting = JoinSet::new();
+    for id in 0..80 {
+        let mut users = UserClient::new(client.channel());
+        waiting.spawn(async move {
+            let mut request = tonic::Request::new(GetUserInfoRequest { id });
+            request.set_timeout(Duration::from_secs(3));
+            let started = Instant::now();
+            let status = users.get_user_info(request).await.err();
+            (status.map(|s| s.code()), started.elapsed())
+        });
+    }
+    let mut codes = BTreeMap::new();
+    while let Some(joined) = waiting.join_next().await {
+        let (code, took) = joined?;
+        match code {
+            Some(tonic::Code::ResourceExhausted) => {
+                assert!(took < Duration::from_secs(2), "refused after {took:?}")
+            }
+            Some(tonic::Code::DeadlineExceeded) => {
+                assert!(took >= Duration::from_secs(3), "left after {took:?}")
+            }
+            other => bail!("{other:?} after {took:?}"),
+        }
+        *codes.entry(format!("{code:?}")).or_insert(0) += 1;
+    }
+    println!("80 calls beside a full server, at most 64 waiting: {codes:?}");
+    assert_eq!(codes.get("Some(ResourceExhausted)"), Some(&16));
+    assert_eq!(codes.get("Some(DeadlineExceeded)"), Some(&64));
+
+    // 100 000 calls of 1 ms that expire while they wait: none stays queued, memory stays flat.
+    let expire = |total: usize| {
+        let mut tasks = JoinSet::new();
+        for caller in 0..32 {
+            let mut users = UserClient::new(client.channel());
+            tasks.spawn(async move {
+                let mut codes = BTreeMap::new();
+                for _ in 0..total / 32 {
+                    let mut request = tonic::Request::new(GetUserInfoRequest { id: caller });
+                    request.set_timeout(Duration::from_millis(1));
+                    let code = users.get_user_info(request).await.err().map(|s| s.code());
+                    *codes.entry(format!("{code:?}")).or_insert(0usize) += 1;
+                }
+                codes
+            });
+        }
+        tasks
+    };
+    let mut warm = expire(3_200);
+    while let Some(done) = warm.join_next().await {
+        done?;
+    }
+    let before = rss_kib();
+    let started = Instant::now();
+    let mut tasks = expire(100_000);
+    let mut codes: BTreeMap<String, usize> = BTreeMap::new();
+    while let Some(done) = tasks.join_next().await {
+        for (code, n) in done? {
+            *codes.entry(code).or_insert(0) += n;
+        }
+    }
+    let after = rss_kib();
+    let snapshot = client.balancer().snapshot();
+    println!(
+        "100 000 calls expired while queued in {:?}: {codes:?}; RSS {before} KiB -> {after} KiB; \
+         {} still waiting",
+        started.elapsed(),
+        snapshot.pending_calls
+    );
+    assert_eq!(codes.get("Some(DeadlineExceeded)"), Some(&100_000));
+    assert_eq!(snapshot.pending_calls, 0);
+    assert!(
+        after < before + 16 * 1024,
+        "resident memory grew from {before} KiB to {after} KiB"
+    );
+    assert_eq!(snapshot.subchannels[0].in_flight, 1, "only the holder");
+    holder.abort();
+    Ok(())
+}

@@ -256,3 +256,91 @@ async fn retries_never_outlive_the_deadline() -> Result<()> {
     assert_eq!(seen.calls(), 1);
     Ok(())
 }
+
+/// Chunks sent one at a time as the caller produces them, as a client stream does: the request
+/// body is never complete when the RPC starts.
+fn chunks_over_time(
+    count: usize,
+    size: usize,
+) -> tokio_stream::wrappers::ReceiverStream<switchboard_testkit::proto::user::Chunk> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        for i in 0..count {
+            let chunk = switchboard_testkit::proto::user::Chunk {
+                data: vec![(i % 251) as u8; size],
+            };
+            if tx.send(chunk).await.is_err() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[tokio::test]
+async fn a_client_stream_failed_midway_is_replayed_whole_on_the_retry() -> Result<()> {
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky::new(&seen, 1, Code::Unavailable).serve().await?;
+    let mut users = client(&[addr], "Timeout: 10s\nRetry: {InitialBackoff: 1ms}\n").await?;
+
+    // 1 000 chunks of 100 bytes (about 100 KiB with framing, within the 256 KiB buffer): the
+    // first attempt fails after its first chunk while the caller is still sending.
+    let summary = users
+        .upload(chunks_over_time(1000, 100))
+        .await?
+        .into_inner();
+    assert_eq!((summary.chunks, summary.bytes), (1000, 100_000));
+    assert_eq!(seen.previous_attempts(), [None, Some("1".into())]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_larger_than_the_retry_buffer_is_sent_once_unless_the_buffer_is_raised()
+-> Result<()> {
+    // One chunk of 1 MiB: above the default 256 KiB buffer.
+    let big = || {
+        tokio_stream::iter([switchboard_testkit::proto::user::Chunk {
+            data: vec![7; 1 << 20],
+        }])
+    };
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky::new(&seen, 1, Code::Unavailable).serve().await?;
+    let mut users = client(&[addr], "Timeout: 10s\nRetry: {InitialBackoff: 1ms}\n").await?;
+    let status = users.upload(big()).await.expect_err("not retried");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(seen.calls(), 1);
+
+    // A stream that outgrows the buffer while it is sent commits to its attempt too: it
+    // fails after 20 chunks (2 000 bytes).
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky {
+        fail_after_chunks: 20,
+        ..Flaky::new(&seen, 1, Code::Unavailable)
+    }
+    .serve()
+    .await?;
+    let mut users = client(
+        &[addr],
+        "Timeout: 10s\nRetry: {InitialBackoff: 1ms, BufferBytes: 1000}\n",
+    )
+    .await?;
+    let status = users
+        .upload(chunks_over_time(1000, 100))
+        .await
+        .expect_err("outgrew 1000 bytes before it failed");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(seen.calls(), 1);
+
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky::new(&seen, 1, Code::Unavailable).serve().await?;
+    let mut users = client(
+        &[addr],
+        "Timeout: 10s\nRetry: {InitialBackoff: 1ms, BufferBytes: 2097152}\n",
+    )
+    .await?;
+    let summary = users.upload(big()).await?.into_inner();
+    assert_eq!((summary.chunks, summary.bytes), (1, 1 << 20));
+    assert_eq!(seen.calls(), 2);
+    Ok(())
+}

@@ -65,6 +65,8 @@ pub(crate) struct Flaky {
     pub delay: Duration,
     /// Also fails every k-th call, if set.
     pub fail_every: Option<u64>,
+    /// A failing `Upload` fails once this many chunks have arrived.
+    pub fail_after_chunks: u64,
 }
 
 impl Flaky {
@@ -77,6 +79,7 @@ impl Flaky {
             pushback: None,
             delay: Duration::ZERO,
             fail_every: None,
+            fail_after_chunks: 1,
         }
     }
 
@@ -163,11 +166,42 @@ impl User for Flaky {
         >,
     >;
 
+    /// Counted as `GetUserInfo` is; a failing call fails once `fail_after_chunks` chunks have
+    /// arrived (the client is still sending), a served one sums every chunk up.
     async fn upload(
         &self,
-        _: Request<tonic::Streaming<switchboard_testkit::proto::user::Chunk>>,
+        request: Request<tonic::Streaming<switchboard_testkit::proto::user::Chunk>>,
     ) -> Result<Response<switchboard_testkit::proto::user::UploadSummary>, Status> {
-        Err(Status::unimplemented("upload"))
+        let n = self.seen.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let previous = request
+            .metadata()
+            .get("grpc-previous-rpc-attempts")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        self.seen
+            .headers
+            .lock()
+            .expect("not poisoned")
+            .push((previous, None));
+        let mut chunks = request.into_inner();
+        let (mut count, mut bytes) = (0u64, 0u64);
+        while let Some(chunk) = chunks.message().await? {
+            count += 1;
+            bytes += chunk.data.len() as u64;
+            if n <= self.fail_first && count >= self.fail_after_chunks {
+                return Err(Status::new(
+                    self.code,
+                    format!("{}: failing upload {n} after {count} chunks", self.name),
+                ));
+            }
+        }
+        Ok(Response::new(
+            switchboard_testkit::proto::user::UploadSummary {
+                chunks: count,
+                bytes,
+                instance: self.name.into(),
+            },
+        ))
     }
 
     async fn chat(
