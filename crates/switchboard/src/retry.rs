@@ -26,7 +26,9 @@
 //! `Retry.BufferBytes` ([`DEFAULT_RETRY_BUFFER`], 256 KiB, unless set) per RPC, so that it can
 //! be sent again: a unary or server-streaming request (read whole at once, without copying),
 //! and a client or bidi stream, whose messages are recorded as the first attempt sends them; a
-//! retry replays them and then sends the caller's next messages as they come. The RPC is
+//! retry replays them and then sends the caller's next messages as they come. A request that
+//! is whole at once but larger than the buffer (one large message) is the caller's own bytes,
+//! held only until a response arrives: it is sent again transparently, not retried. The RPC is
 //! *committed*, and no longer retried, once a response arrives (headers without a status) or
 //! its request outgrows the buffer: the attempt that holds it sends on, and the record is let
 //! go. A successful attempt counts as a success for throttling when its headers arrive (a
@@ -488,13 +490,17 @@ pub(crate) async fn call(
         let attempt = sends;
         sends += 1;
         let result = balancer.call(request).await;
-        let replayable = match &sent {
-            Sent::Whole(_) => true,
+        // Whether the request can be sent again transparently, and by a retry.
+        let (replayable, retryable) = match &sent {
+            // A whole request is the caller's own bytes, held only until a response comes:
+            // replayed whatever its size, retried within the buffer.
+            Sent::Whole(bytes) => (true, bytes.len() <= limit),
             Sent::Recorded(tape) => {
                 if outcome(&result) == Outcome::Committed {
                     tape.commit(attempt);
                 }
-                tape.replayable()
+                let replayable = tape.replayable();
+                (replayable, replayable)
             }
         };
         if let Err(error) = &result {
@@ -516,7 +522,7 @@ pub(crate) async fn call(
                 }
                 return result;
             }
-            Next::Retry(_) if !replayable => {
+            Next::Retry(_) if !retryable => {
                 debug!(
                     attempts = attempts.made,
                     ?outcome,
@@ -553,13 +559,15 @@ enum Buffered {
         len: usize,
         rest: Body,
     },
-    /// Larger than the limit (or with trailers): what was read, then the rest, sent once.
+    /// A stream larger than the limit (or with trailers): what was read, then the rest, sent
+    /// once.
     Once(Body),
     /// Reading it failed.
     Failed(Status),
 }
 
-/// Reads the frames of `body` that are ready now, up to `limit` bytes.
+/// Reads the frames of `body` that are ready now, up to `limit` bytes and one frame more: a
+/// body that ends there is whole, whatever its size.
 async fn buffer(mut body: Body, limit: usize) -> Buffered {
     enum Stop {
         End,
@@ -576,9 +584,12 @@ async fn buffer(mut body: Body, limit: usize) -> Buffered {
                 Poll::Ready(None) => return Poll::Ready(Stop::End),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
+                        // Past the limit, one frame more tells a whole request (a large
+                        // unary one) from a stream.
+                        let over = len > limit;
                         len += data.len();
                         chunks.push(data);
-                        if len > limit {
+                        if over {
                             return Poll::Ready(Stop::Over);
                         }
                     }
@@ -606,6 +617,7 @@ async fn buffer(mut body: Body, limit: usize) -> Buffered {
                 all.freeze()
             }
         }),
+        Stop::NotReady if len > limit => Buffered::Once(prefixed(chunks, None, body)),
         Stop::NotReady => Buffered::Open {
             head: chunks,
             len,

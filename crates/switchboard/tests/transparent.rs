@@ -31,6 +31,8 @@ struct Scripted {
     went_away: AtomicUsize,
     /// The `grpc-previous-rpc-attempts` of every stream that arrived, refused ones included.
     streams: Mutex<Vec<Option<String>>>,
+    /// The request bytes of every stream answered.
+    received: Mutex<Vec<usize>>,
 }
 
 impl Scripted {
@@ -52,6 +54,10 @@ impl Scripted {
         self.streams.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    fn received(&self) -> Vec<usize> {
+        self.received.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
     async fn serve(self: &Arc<Self>) -> Result<SocketAddr> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -64,7 +70,7 @@ impl Scripted {
                     if this.goaway_first && n == 0 {
                         this.go_away(socket).await;
                     } else {
-                        this.answer(socket).await;
+                        this.clone().answer(socket).await;
                     }
                 });
             }
@@ -72,7 +78,7 @@ impl Scripted {
         Ok(addr)
     }
 
-    async fn answer(&self, socket: TcpStream) {
+    async fn answer(self: Arc<Self>, socket: TcpStream) {
         let Ok(mut connection) = h2::server::handshake(socket).await else {
             return;
         };
@@ -93,18 +99,31 @@ impl Scripted {
                 respond.send_reset(Reason::REFUSED_STREAM);
                 continue;
             }
-            let response = http::Response::builder()
-                .header("content-type", "application/grpc")
-                .body(())
-                .unwrap_or_default();
-            let Ok(mut send) = respond.send_response(response, false) else {
-                continue;
-            };
-            // One empty message: a default `UserInfo`.
-            let _ = send.send_data(Bytes::from_static(&[0; 5]), false);
-            let mut trailers = http::HeaderMap::new();
-            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-            let _ = send.send_trailers(trailers);
+            // The whole request, then the answer, while the connection reads on.
+            let this = self.clone();
+            tokio::spawn(async move {
+                let mut body = request.into_body();
+                let mut received = 0;
+                while let Some(Ok(data)) = body.data().await {
+                    received += data.len();
+                    let _ = body.flow_control().release_capacity(data.len());
+                }
+                if let Ok(mut all) = this.received.lock() {
+                    all.push(received);
+                }
+                let response = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(())
+                    .unwrap_or_default();
+                let Ok(mut send) = respond.send_response(response, false) else {
+                    return;
+                };
+                // One empty message: a default `UserInfo`.
+                let _ = send.send_data(Bytes::from_static(&[0; 5]), false);
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                let _ = send.send_trailers(trailers);
+            });
         }
     }
 
@@ -206,5 +225,47 @@ async fn a_stream_above_a_goaway_is_sent_again_on_a_new_connection() -> Result<(
         [None],
         "served once, on the second connection"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn refused_client_streams_and_large_requests_are_sent_again_whole() -> Result<()> {
+    use switchboard_testkit::proto::user::Chunk;
+    // A client stream whose messages come one at a time, refused once: its messages are
+    // replayed on the second stream, then the rest follows.
+    let server = Scripted::refusing(1);
+    let channel = Client::connect(ClientConfig::from_yaml(&format!(
+        "Endpoints: [{}]\nTimeout: 10s\nRetry: {{MaxAttempts: 1}}\n",
+        server.serve().await?
+    ))?)
+    .await?
+    .channel();
+    let mut users = UserClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        for _ in 0..100 {
+            if tx.send(Chunk { data: vec![1; 95] }).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    // `UploadSummary` decodes from the server's empty message.
+    users
+        .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?;
+    // 100 messages of 5 + 2 + 95 bytes.
+    assert_eq!(server.received(), [100 * 102]);
+    assert_eq!(server.streams(), [None, None]);
+
+    // One 1 MiB message, above the retry buffer: whole at once, so sent again too.
+    let server = Scripted::refusing(1);
+    let mut users = client(server.serve().await?, "Retry: {MaxAttempts: 1}").await?;
+    let chunk = Chunk {
+        data: vec![3; 1 << 20],
+    };
+    users.upload(tokio_stream::iter([chunk])).await?;
+    assert_eq!(server.received().len(), 1);
+    assert!(server.received()[0] > 1 << 20, "{:?}", server.received());
     Ok(())
 }

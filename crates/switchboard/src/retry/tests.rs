@@ -211,11 +211,19 @@ async fn a_complete_small_body_is_kept_whole_and_an_open_one_is_recorded() {
         Buffered::Whole(bytes) => assert_eq!(bytes, "hello"),
         _ => panic!("a complete body within the limit"),
     }
+    // One large message: whole, whatever the limit.
     let large = Bytes::from(vec![7u8; 100]);
     match buffer(Body::new(Full::new(large.clone())), 16).await {
+        Buffered::Whole(bytes) => assert_eq!(bytes, large),
+        _ => panic!("one frame, whole"),
+    }
+    // Many ready frames past the limit: a stream, sent once.
+    let frames = (0..10).map(|_| Ok::<_, Status>(Frame::data(Bytes::from(vec![7u8; 10]))));
+    let stream = http_body_util::StreamBody::new(tokio_stream::iter(frames));
+    match buffer(Body::new(stream), 16).await {
         Buffered::Once(body) => {
             let read = body.collect().await.expect("readable").to_bytes();
-            assert_eq!(read, large);
+            assert_eq!(read, vec![7u8; 100]);
         }
         _ => panic!("over the limit"),
     }
