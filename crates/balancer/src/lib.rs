@@ -67,8 +67,8 @@ mod worker;
 
 pub use backoff::ConnectBackoff;
 pub use balancer::{
-    Balancer, BoxError, ResponseBody, ResponseFuture, Unprocessed, WaitForReady, grpc_timeout,
-    is_unprocessed,
+    Balancer, BoxError, ResponseBody, ResponseFuture, Tried, Unprocessed, WaitForReady,
+    grpc_timeout, is_unprocessed,
 };
 pub use builder::{Builder, DEFAULT_MAX_PENDING_CALLS, RingHashOptions};
 #[cfg(feature = "tls")]

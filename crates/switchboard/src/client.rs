@@ -121,10 +121,11 @@ impl Client {
             .unwrap_or(&default_throttling);
         let throttling = (throttling.max_tokens > 0.0)
             .then(|| Arc::new(Throttle::new(throttling.max_tokens, throttling.token_ratio)));
-        let retry = Arc::new(
-            RetryPolicy::from_config(config.retry.as_ref())?
+        let retry = Arc::new(match &config.hedging {
+            Some(hedging) => RetryPolicy::hedging(hedging)?.with_throttle(throttling.clone()),
+            None => RetryPolicy::from_config(config.retry.as_ref())?
                 .map_or_else(RetryPolicy::off, |p| p.with_throttle(throttling.clone())),
-        );
+        });
         let methods = match &service_config {
             Some(s) => MethodTable::build(s, throttling.as_ref())?.map(Arc::new),
             None => None,

@@ -154,6 +154,11 @@ pub struct ClientConfig {
     /// attempts of an RPC that failed with UNAVAILABLE; `Retry: {MaxAttempts: 1}` turns it off.
     #[serde(default, alias = "retry")]
     pub retry: Option<RetrySection>,
+    /// Hedged RPCs (gRFC A6's `hedgingPolicy`), instead of retries: an RPC not answered within
+    /// `HedgingDelay` is sent again, on a new pick, up to `MaxAttempts` at once; the first
+    /// answer wins and the others are cancelled. Off unless set; not with `Retry`.
+    #[serde(default, alias = "hedging")]
+    pub hedging: Option<HedgingSection>,
     /// A gRPC service config, as JSON text: `loadBalancingConfig`, `methodConfig` (per-method
     /// `timeout`, `waitForReady`, `retryPolicy`), `retryThrottling`, `healthCheckConfig`. What
     /// it sets overrides `Policy`, `Timeout`, `WaitForReady` and `Retry`; see
@@ -290,6 +295,49 @@ pub struct RetrySection {
     /// outgrows it is sent once; `0` keeps none.
     #[serde(default, alias = "buffer_bytes")]
     pub buffer_bytes: Option<usize>,
+}
+
+/// Hedging (gRFC A6's `hedgingPolicy`): the first attempt of an RPC is sent at once, and one
+/// more every `HedgingDelay` until one answers or `MaxAttempts` were sent; an attempt failing
+/// with one of `NonFatalStatusCodes` sends the next one at once, any other answer ends the RPC
+/// and cancels the attempts still running. Throttled as retries are (`Retry.Throttling`, the
+/// service config's `retryThrottling`).
+///
+/// ```
+/// let config = switchboard::ClientConfig::from_yaml(
+///     "
+/// Endpoints: [127.0.0.1:8080, 127.0.0.1:8081]
+/// Hedging:
+///   MaxAttempts: 2
+///   HedgingDelay: 10ms
+///   NonFatalStatusCodes: [UNAVAILABLE]
+/// ",
+/// )?;
+/// assert_eq!(config.hedging.and_then(|h| h.max_attempts), Some(2));
+/// # Ok::<(), switchboard::Error>(())
+/// ```
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HedgingSection {
+    /// Attempts sent at most, the first included: 2 to 5 (more counts as 5).
+    #[serde(default, alias = "max_attempts")]
+    pub max_attempts: Option<u32>,
+    /// The wait before each further attempt: 0 (all at once) unless set.
+    #[serde(
+        default,
+        alias = "hedging_delay",
+        deserialize_with = "duration::optional"
+    )]
+    pub hedging_delay: Option<Duration>,
+    /// The statuses after which the next attempt is sent at once instead of ending the RPC;
+    /// none unless set.
+    #[serde(
+        default,
+        alias = "non_fatal_status_codes",
+        deserialize_with = "status_codes"
+    )]
+    pub non_fatal_status_codes: Option<Vec<String>>,
 }
 
 /// Outlier detection (gRFC A50): every `Interval`, instances whose RPCs fail much more than the
@@ -504,6 +552,7 @@ impl Default for ClientConfig {
             max_pending_calls: None,
             backoff: None,
             retry: None,
+            hedging: None,
             service_config: None,
             app: None,
             token: None,
@@ -669,6 +718,14 @@ impl ClientConfig {
             }
         }
         crate::retry::RetryPolicy::from_config(self.retry.as_ref())?;
+        if let Some(hedging) = &self.hedging {
+            if self.retry.is_some() {
+                return Err(Error::config(
+                    "Retry and Hedging: an RPC is either retried or hedged, not both",
+                ));
+            }
+            crate::retry::RetryPolicy::hedging(hedging)?;
+        }
         if let Some(o) = &self.outlier_detection {
             o.settings()?;
         }

@@ -79,9 +79,10 @@ use tonic::{Code, Status};
 use tower_service::Service as _;
 use tracing::{debug, trace};
 
-use crate::config::RetrySection;
+use crate::config::{HedgingSection, RetrySection};
 use crate::error::Error;
 
+mod hedge;
 mod replay;
 
 use replay::Tape;
@@ -107,6 +108,9 @@ pub(crate) struct RetryPolicy {
     retryable: u32,
     /// Shared by every policy of a client (its methods' ones included).
     throttle: Option<Arc<Throttle>>,
+    /// Set for a hedging policy: the wait before each further attempt. `retryable` then holds
+    /// its non-fatal status codes.
+    hedging_delay: Option<Duration>,
 }
 
 impl RetryPolicy {
@@ -145,23 +149,7 @@ impl RetryPolicy {
                     "Retry.RetryableStatusCodes: lists no status code (MaxAttempts: 1 turns retries off)",
                 ));
             }
-            Some(codes) => {
-                let mut bits = 0;
-                for name in codes {
-                    let code = parse_code(name).ok_or_else(|| {
-                        Error::config(format!(
-                            "Retry.RetryableStatusCodes: {name:?} is not a gRPC status code (UNAVAILABLE, RESOURCE_EXHAUSTED, 14, …)"
-                        ))
-                    })?;
-                    if code == Code::Ok {
-                        return Err(Error::config(
-                            "Retry.RetryableStatusCodes: OK is not a failure",
-                        ));
-                    }
-                    bits |= bit(code);
-                }
-                bits
-            }
+            Some(codes) => code_bits("Retry.RetryableStatusCodes", codes)?,
         };
         let throttle = match &s.throttling {
             None => None,
@@ -190,7 +178,35 @@ impl RetryPolicy {
             multiplier,
             retryable,
             throttle,
+            hedging_delay: None,
         }))
+    }
+
+    /// The hedging policy a `Hedging` section asks for (without its throttle: see
+    /// [`RetryPolicy::with_throttle`]); the error names the field.
+    pub(crate) fn hedging(s: &HedgingSection) -> Result<Self, Error> {
+        let max_attempts = match s.max_attempts {
+            None => return Err(Error::config("Hedging.MaxAttempts: missing (2 to 5)")),
+            Some(n) if n < 2 => {
+                return Err(Error::config(
+                    "Hedging.MaxAttempts: must be at least 2 (leave Hedging out for none)",
+                ));
+            }
+            Some(n) => n.min(MAX_ATTEMPTS),
+        };
+        let retryable = match &s.non_fatal_status_codes {
+            None => 0,
+            Some(codes) => code_bits("Hedging.NonFatalStatusCodes", codes)?,
+        };
+        Ok(Self {
+            max_attempts,
+            initial_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+            multiplier: 1.0,
+            retryable,
+            throttle: None,
+            hedging_delay: Some(s.hedging_delay.unwrap_or(Duration::ZERO)),
+        })
     }
 
     /// No retries: only the transparent ones.
@@ -202,6 +218,7 @@ impl RetryPolicy {
             multiplier: 1.0,
             retryable: 0,
             throttle: None,
+            hedging_delay: None,
         }
     }
 
@@ -210,6 +227,11 @@ impl RetryPolicy {
     pub(crate) fn with_throttle(mut self, throttle: Option<Arc<Throttle>>) -> Self {
         self.throttle = throttle;
         self
+    }
+
+    /// The wait between hedged attempts, for a hedging policy.
+    pub(crate) fn hedging_delay(&self) -> Option<Duration> {
+        self.hedging_delay
     }
 
     fn retries(&self, code: Code) -> bool {
@@ -228,6 +250,23 @@ impl RetryPolicy {
             Outcome::Status(..) | Outcome::Other => {}
         }
     }
+}
+
+/// The bits of the status codes listed in `field`.
+fn code_bits(field: &str, codes: &[String]) -> Result<u32, Error> {
+    let mut bits = 0;
+    for name in codes {
+        let code = parse_code(name).ok_or_else(|| {
+            Error::config(format!(
+                "{field}: {name:?} is not a gRPC status code (UNAVAILABLE, RESOURCE_EXHAUSTED, 14, …)"
+            ))
+        })?;
+        if code == Code::Ok {
+            return Err(Error::config(format!("{field}: OK is not a failure")));
+        }
+        bits |= bit(code);
+    }
+    Ok(bits)
 }
 
 fn bit(code: Code) -> u32 {
@@ -445,6 +484,37 @@ enum Sent {
     Recorded(Tape),
 }
 
+impl Sent {
+    /// The request of send number `send` (from 0), after `previous` attempts, within
+    /// `deadline`.
+    fn request(
+        &self,
+        parts: &http::request::Parts,
+        send: u32,
+        previous: u32,
+        deadline: Option<Instant>,
+    ) -> Request<Body> {
+        let body = match self {
+            Sent::Whole(bytes) => Body::new(Full::new(bytes.clone())),
+            Sent::Recorded(tape) => tape.body(send),
+        };
+        let mut request = Request::from_parts(parts.clone(), body);
+        let headers = request.headers_mut();
+        if previous > 0 {
+            headers.insert(PREVIOUS_ATTEMPTS, HeaderValue::from(previous));
+        }
+        if let (true, Some(deadline)) = (send > 0, deadline) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Rounded up: the server's deadline must not come before the caller's.
+            let ms = left.as_micros().div_ceil(1000).clamp(1, 99_999_999);
+            if let Ok(v) = HeaderValue::from_str(&format!("{ms}m")) {
+                headers.insert("grpc-timeout", v);
+            }
+        }
+        request
+    }
+}
+
 /// Sends `request` with retries under `policy`, within `deadline` (which the caller also
 /// enforces around this future), keeping at most `limit` bytes of its body to send again.
 pub(crate) async fn call(
@@ -466,27 +536,14 @@ pub(crate) async fn call(
         }
         Buffered::Failed(status) => return Err(status.into()),
     };
+    if let Some(delay) = policy.hedging_delay() {
+        return hedge::call(policy, delay, balancer, &parts, &sent, deadline).await;
+    }
     let mut attempts = Attempts::new(policy);
     let mut transparent = true;
     let mut sends = 0u32;
     loop {
-        let body = match &sent {
-            Sent::Whole(bytes) => Body::new(Full::new(bytes.clone())),
-            Sent::Recorded(tape) => tape.body(sends),
-        };
-        let mut request = Request::from_parts(parts.clone(), body);
-        let headers = request.headers_mut();
-        if attempts.made > 0 {
-            headers.insert(PREVIOUS_ATTEMPTS, HeaderValue::from(attempts.made));
-        }
-        if let (true, Some(deadline)) = (sends > 0, deadline) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            // Rounded up: the server's deadline must not come before the caller's.
-            let ms = left.as_micros().div_ceil(1000).clamp(1, 99_999_999);
-            if let Ok(v) = HeaderValue::from_str(&format!("{ms}m")) {
-                headers.insert("grpc-timeout", v);
-            }
-        }
+        let request = sent.request(&parts, sends, attempts.made, deadline);
         let attempt = sends;
         sends += 1;
         let result = balancer.call(request).await;

@@ -6,7 +6,9 @@
 //!   wins (`round_robin`, `pick_first`, `weighted_round_robin`, `p2c`, `p2c_peak_ewma`); the
 //!   deprecated `loadBalancingPolicy: "round_robin"` is read when it is absent. Either
 //!   overrides `Policy`.
-//! - `methodConfig: [{name, timeout, waitForReady, retryPolicy}]`: per-method settings. An RPC
+//! - `methodConfig: [{name, timeout, waitForReady, retryPolicy | hedgingPolicy}]`: per-method
+//!   settings (`hedgingPolicy: {maxAttempts, hedgingDelay, nonFatalStatusCodes}` hedges the
+//!   method's RPCs instead of retrying them; see [`HedgingSection`]). An RPC
 //!   gets those of the entry naming its method (`{"service": "user.User", "method":
 //!   "GetUserInfo"}`), else of the one naming its service (`{"service": "user.User"}`), else
 //!   of the default one (`{}`); what that entry leaves out comes from the client's `Timeout`,
@@ -65,7 +67,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use switchboard_balancer::Policy;
 
-use crate::config::{RetrySection, ThrottlingSection};
+use crate::config::{HedgingSection, RetrySection, ThrottlingSection};
 use crate::error::Error;
 use crate::retry::{self, RetryPolicy, Throttle};
 
@@ -97,6 +99,8 @@ pub struct MethodConfig {
     pub wait_for_ready: Option<bool>,
     /// `retryPolicy`, every field set and checked.
     pub retry_policy: Option<RetrySection>,
+    /// `hedgingPolicy`, checked (not with `retryPolicy`).
+    pub hedging_policy: Option<HedgingSection>,
 }
 
 /// One `name` of a [`MethodConfig`]: a method, a whole service or (both `None`) every method.
@@ -276,7 +280,43 @@ fn method_config(value: &Value, path: &str) -> Result<MethodConfig, Error> {
     if let Some(v) = o.get("retryPolicy") {
         method.retry_policy = Some(retry_policy(v, &format!("{path}.retryPolicy"))?);
     }
+    if let Some(v) = o.get("hedgingPolicy") {
+        if method.retry_policy.is_some() {
+            return Err(Error::config(format!(
+                "{path}: has both retryPolicy and hedgingPolicy (one or the other)"
+            )));
+        }
+        method.hedging_policy = Some(hedging_policy(v, &format!("{path}.hedgingPolicy"))?);
+    }
     Ok(method)
+}
+
+/// A6's `hedgingPolicy`: `maxAttempts` (required, more than 1), `hedgingDelay` (0 s unless
+/// given), `nonFatalStatusCodes` (none unless given).
+fn hedging_policy(value: &Value, path: &str) -> Result<HedgingSection, Error> {
+    let o = object(value, path)?;
+    let here = format!("{path}.maxAttempts");
+    let max_attempts = required(o, "maxAttempts", path)?
+        .as_u64()
+        .ok_or_else(|| Error::config(format!("{here}: must be a whole number")))?;
+    if max_attempts < 2 {
+        return Err(Error::config(format!("{here}: must be more than 1")));
+    }
+    let hedging_delay = o
+        .get("hedgingDelay")
+        .map(|v| duration(v, &format!("{path}.hedgingDelay")))
+        .transpose()?;
+    let non_fatal_status_codes = match o.get("nonFatalStatusCodes") {
+        None => None,
+        Some(v) => Some(code_names(v, &format!("{path}.nonFatalStatusCodes"))?),
+    };
+    let section = HedgingSection {
+        max_attempts: Some(u32::try_from(max_attempts).unwrap_or(u32::MAX)),
+        hedging_delay,
+        non_fatal_status_codes,
+    };
+    RetryPolicy::hedging(&section).map_err(|e| Error::config(format!("{path}: {e}")))?;
+    Ok(section)
 }
 
 fn retry_policy(value: &Value, path: &str) -> Result<RetrySection, Error> {
@@ -306,10 +346,24 @@ fn retry_policy(value: &Value, path: &str) -> Result<RetrySection, Error> {
         return Err(Error::config(format!("{here}: must be more than 0")));
     }
     let here = format!("{path}.retryableStatusCodes");
-    let codes = array(required(o, "retryableStatusCodes", path)?, &here)?;
-    if codes.is_empty() {
+    let names = code_names(required(o, "retryableStatusCodes", path)?, &here)?;
+    if names.is_empty() {
         return Err(Error::config(format!("{here}: lists no status code")));
     }
+    Ok(RetrySection {
+        max_attempts: Some(max_attempts),
+        initial_backoff: Some(backoffs[0]),
+        max_backoff: Some(backoffs[1]),
+        backoff_multiplier: Some(multiplier),
+        retryable_status_codes: Some(names),
+        throttling: None,
+        buffer_bytes: None,
+    })
+}
+
+/// A list of status codes, by name or number, none of them OK.
+fn code_names(value: &Value, here: &str) -> Result<Vec<String>, Error> {
+    let codes = array(value, here)?;
     let mut names = Vec::with_capacity(codes.len());
     for (k, code) in codes.iter().enumerate() {
         let text = match code {
@@ -329,15 +383,7 @@ fn retry_policy(value: &Value, path: &str) -> Result<RetrySection, Error> {
             }
         }
     }
-    Ok(RetrySection {
-        max_attempts: Some(max_attempts),
-        initial_backoff: Some(backoffs[0]),
-        max_backoff: Some(backoffs[1]),
-        backoff_multiplier: Some(multiplier),
-        retryable_status_codes: Some(names),
-        throttling: None,
-        buffer_bytes: None,
-    })
+    Ok(names)
 }
 
 fn object<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>, Error> {
@@ -420,7 +466,7 @@ pub(crate) struct MethodSettings {
     pub(crate) timeout: Option<Duration>,
     /// Their wait-for-ready, instead of the client's `WaitForReady`.
     pub(crate) wait_for_ready: Option<bool>,
-    /// Their retry policy, instead of the client's `Retry`.
+    /// Their retry or hedging policy, instead of the client's `Retry` or `Hedging`.
     pub(crate) retry: Option<Arc<RetryPolicy>>,
 }
 
@@ -445,10 +491,13 @@ impl MethodTable {
         }
         let mut table = Self::default();
         for method in &config.method_configs {
-            let retry = match &method.retry_policy {
-                None => None,
+            let retry = match (&method.retry_policy, &method.hedging_policy) {
+                (_, Some(hedging)) => Some(Arc::new(
+                    RetryPolicy::hedging(hedging)?.with_throttle(throttle.cloned()),
+                )),
+                (None, None) => None,
                 // `maxAttempts: 1` turns the client's retries off for these methods.
-                Some(section) => Some(Arc::new(
+                (Some(section), None) => Some(Arc::new(
                     RetryPolicy::from_config(Some(section))?
                         .map_or_else(RetryPolicy::off, |p| p.with_throttle(throttle.cloned())),
                 )),

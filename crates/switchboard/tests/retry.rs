@@ -344,3 +344,108 @@ async fn a_request_larger_than_the_retry_buffer_is_sent_once_unless_the_buffer_i
     assert_eq!(seen.calls(), 2);
     Ok(())
 }
+
+/// The 99th percentile of `n` calls by 4 callers.
+async fn p99_of_calls(channel: switchboard::Channel, n: usize) -> Result<Duration> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for caller in 0..4 {
+        let mut users = UserClient::new(channel.clone());
+        tasks.spawn(async move {
+            let mut took = Vec::new();
+            for _ in 0..n / 4 {
+                let started = Instant::now();
+                users
+                    .get_user_info(GetUserInfoRequest { id: caller })
+                    .await?;
+                took.push(started.elapsed());
+            }
+            Ok::<_, Status>(took)
+        });
+    }
+    let mut took = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        took.extend(joined??);
+    }
+    took.sort();
+    Ok(took[took.len() * 99 / 100])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedging_keeps_the_p99_far_below_a_slow_instance() -> Result<()> {
+    let fast = switchboard_testkit::TestServer::start("fast").await?;
+    let slow = switchboard_testkit::TestServer::start("slow").await?;
+    slow.set_delay(Duration::from_millis(200));
+    let addrs = [fast.addr(), slow.addr()];
+
+    let plain = Client::connect(ClientConfig::from_yaml(&format!(
+        "Endpoints: [{}, {}]\n",
+        addrs[0], addrs[1]
+    ))?)
+    .await?;
+    let without = p99_of_calls(plain.channel(), 200).await?;
+    let hedged = Client::connect(ClientConfig::from_yaml(&format!(
+        "Endpoints: [{}, {}]\nHedging: {{MaxAttempts: 2, HedgingDelay: 10ms}}\n",
+        addrs[0], addrs[1]
+    ))?)
+    .await?;
+    let with = p99_of_calls(hedged.channel(), 200).await?;
+    println!(
+        "one instance 200 ms slow, 200 calls: p99 {without:?} plain, {with:?} hedged after 10 ms"
+    );
+    assert!(without >= Duration::from_millis(200), "{without:?}");
+    // The hedge after 10 ms goes to the fast instance; a busy machine gets room.
+    assert!(with < Duration::from_millis(100), "{with:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_non_fatal_status_sends_the_next_hedge_at_once_and_a_fatal_one_ends_the_rpc() -> Result<()>
+{
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky::new(&seen, 1, Code::Unavailable).serve().await?;
+    let mut users = client(
+        &[addr],
+        "Hedging: {MaxAttempts: 3, HedgingDelay: 20s, NonFatalStatusCodes: [UNAVAILABLE]}\nTimeout: 30s\n",
+    )
+    .await?;
+    let started = Instant::now();
+    get(&mut users).await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(seen.previous_attempts(), [None, Some("1".into())]);
+
+    // INVALID_ARGUMENT is not listed: the first answer ends the RPC.
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky::new(&seen, 1, Code::InvalidArgument).serve().await?;
+    let mut users = client(
+        &[addr],
+        "Hedging: {MaxAttempts: 3, HedgingDelay: 20s, NonFatalStatusCodes: [UNAVAILABLE]}\nTimeout: 30s\n",
+    )
+    .await?;
+    let status = get(&mut users).await.expect_err("fatal");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(seen.calls(), 1);
+
+    // Every attempt failing with a non-fatal status: the last one's.
+    let seen = Arc::new(Seen::default());
+    let addr = Flaky::new(&seen, 10, Code::Unavailable).serve().await?;
+    let mut users = client(
+        &[addr],
+        "Hedging: {MaxAttempts: 3, HedgingDelay: 1ms, NonFatalStatusCodes: [UNAVAILABLE]}\n",
+    )
+    .await?;
+    let status = get(&mut users).await.expect_err("all failed");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(seen.calls(), 3);
+
+    // Retry and Hedging together are refused.
+    let error = ClientConfig::from_yaml(
+        "Endpoints: [127.0.0.1:1]\nRetry: {MaxAttempts: 2}\nHedging: {MaxAttempts: 2}\n",
+    )
+    .expect_err("both");
+    assert!(error.to_string().contains("Retry and Hedging"), "{error}");
+    Ok(())
+}

@@ -167,15 +167,30 @@ impl Balancer {
         } else {
             now.map_or_else(|| picker.pick(), |now| picker.pick_at(now))
         };
-        match pick {
+        let tried = request.extensions().get::<Tried>();
+        let picked = match pick {
+            Pick::Ready(ready)
+                if tried.is_some_and(|t| t.contains(ready.0.sub.id))
+                    && picker.endpoints().len() > 1 =>
+            {
+                // Another attempt of this RPC went there: another instance if one has room.
+                match with_room(picker.endpoints(), tried) {
+                    Picked::Full => with_room(picker.endpoints(), None),
+                    other => other,
+                }
+            }
             Pick::Ready(ready) if ready.0.sub.try_call_started(max_streams(ready)) => {
                 Picked::Ready(ready.clone())
             }
             // Its peer's MAX_CONCURRENT_STREAMS is reached: h2 would queue the call behind it.
-            Pick::Ready(_) => with_room(picker.endpoints()),
+            Pick::Ready(_) => with_room(picker.endpoints(), None),
             Pick::Queue => Picked::Wait(None),
             Pick::Fail(status) => Picked::Wait(Some(status)),
+        };
+        if let (Some(tried), Picked::Ready(ready)) = (tried, &picked) {
+            tried.add(ready.0.sub.id);
         }
+        picked
     }
 
     /// Sends one request on a sub-channel picked for it, waiting for a READY one as gRPC
@@ -302,6 +317,23 @@ impl Balancer {
     }
 }
 
+/// A request extension shared by the attempts of one RPC (hedged ones): the sub-channels they
+/// went to. A pick avoids those while another READY instance has room, and adds its own.
+#[derive(Clone, Debug, Default)]
+pub struct Tried(Arc<std::sync::Mutex<Vec<u64>>>);
+
+impl Tried {
+    fn contains(&self, id: u64) -> bool {
+        self.0.lock().is_ok_and(|ids| ids.contains(&id))
+    }
+
+    fn add(&self, id: u64) {
+        if let Ok(mut ids) = self.0.lock() {
+            ids.push(id);
+        }
+    }
+}
+
 /// What one pick found.
 enum Picked {
     /// Send it here: the call is counted on the sub-channel.
@@ -321,13 +353,15 @@ fn max_streams(ready: &Ready<Sender>) -> usize {
         .load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// The least busy of `endpoints` whose peer has a free stream, its call counted.
-fn with_room(endpoints: &[Ready<Sender>]) -> Picked {
+/// The least busy of `endpoints` whose peer has a free stream (and that no attempt in `tried`
+/// went to), its call counted.
+fn with_room(endpoints: &[Ready<Sender>], tried: Option<&Tried>) -> Picked {
     // Another call can take the last free stream between the look and the count: look again.
     for _ in 0..3 {
         let best = endpoints
             .iter()
             .filter(|r| r.0.sub.has_room(max_streams(r)))
+            .filter(|r| !tried.is_some_and(|t| t.contains(r.0.sub.id)))
             .min_by_key(|r| r.0.sub.in_flight.load(std::sync::atomic::Ordering::Relaxed));
         match best {
             Some(ready) if ready.0.sub.try_call_started(max_streams(ready)) => {

@@ -94,6 +94,11 @@ impl Tape {
         lock(&self.inner).owner.is_none()
     }
 
+    /// The attempt that holds the RPC, once it can no longer be replayed.
+    pub(crate) fn owner(&self) -> Option<u32> {
+        lock(&self.inner).owner
+    }
+
     /// The RPC is `attempt`'s: nothing more is recorded, that attempt alone reads on, and
     /// the record goes once it has sent it.
     pub(crate) fn commit(&self, attempt: u32) {

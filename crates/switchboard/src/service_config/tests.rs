@@ -342,3 +342,46 @@ service_config = '''
         "{e}"
     );
 }
+
+#[test]
+fn hedging_policies_are_read_and_checked() {
+    let c = parse(
+        r#"{"methodConfig": [{"name": [{"service": "user.User"}], "hedgingPolicy":
+            {"maxAttempts": 3, "hedgingDelay": "0.010s", "nonFatalStatusCodes": ["UNAVAILABLE", 8]}}]}"#,
+    )
+    .expect("valid");
+    let hedging = c.method_configs[0].hedging_policy.clone().expect("hedging");
+    assert_eq!(hedging.max_attempts, Some(3));
+    assert_eq!(hedging.hedging_delay, Some(Duration::from_millis(10)));
+    assert_eq!(
+        hedging.non_fatal_status_codes,
+        Some(vec!["UNAVAILABLE".into(), "8".into()])
+    );
+    let table = MethodTable::build(&c, None)
+        .expect("builds")
+        .expect("a table");
+    let settings = table
+        .lookup("/user.User/GetUserInfo")
+        .expect("service-wide");
+    let policy = settings.retry.as_ref().expect("a policy");
+    assert_eq!(policy.hedging_delay(), Some(Duration::from_millis(10)));
+
+    let method =
+        |policies: &str| format!(r#"{{"methodConfig": [{{"name": [{{}}], {policies}}}]}}"#);
+    assert_eq!(
+        error(&method(&format!(
+            r#""retryPolicy": {RETRY}, "hedgingPolicy": {{"maxAttempts": 2}}"#
+        ))),
+        "ServiceConfig.methodConfig[0]: has both retryPolicy and hedgingPolicy (one or the other)"
+    );
+    assert_eq!(
+        error(&method(r#""hedgingPolicy": {"maxAttempts": 1}"#)),
+        "ServiceConfig.methodConfig[0].hedgingPolicy.maxAttempts: must be more than 1"
+    );
+    assert_eq!(
+        error(&method(
+            r#""hedgingPolicy": {"maxAttempts": 2, "nonFatalStatusCodes": ["NOPE"]}"#
+        )),
+        "ServiceConfig.methodConfig[0].hedgingPolicy.nonFatalStatusCodes[0]: \"NOPE\" is not a gRPC status code (UNAVAILABLE, 14, …)"
+    );
+}
