@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::backoff::ConnectBackoff;
-use crate::balancer::{Balancer, Handle};
+use crate::balancer::{Balancer, Handle, MessageLimits};
 use crate::config::Config;
 use crate::connect::{ConnectOptions, HttpConnector};
 use crate::control::{self, Core, CustomPolicy, Locality, OutlierDetection, PickFirstOptions};
@@ -63,6 +63,8 @@ pub struct Builder {
     locality: Option<Locality>,
     user_agent: Option<String>,
     max_pending: usize,
+    limits: MessageLimits,
+    authority: Option<String>,
 }
 
 /// How many calls wait at most for a free stream when every instance's peer has reached its
@@ -122,6 +124,8 @@ impl Default for Builder {
             locality: None,
             user_agent: None,
             max_pending: DEFAULT_MAX_PENDING_CALLS,
+            limits: MessageLimits::default(),
+            authority: None,
         }
     }
 }
@@ -308,6 +312,30 @@ impl Builder {
         self
     }
 
+    /// The largest gRPC message an RPC may send, in bytes as sent (after compression); no
+    /// limit unless set. A larger one is not sent: the RPC fails with RESOURCE_EXHAUSTED. The
+    /// [`MessageLimits`] request extension overrides it per RPC.
+    pub fn max_request_message_bytes(mut self, max: usize) -> Self {
+        self.limits.request = max;
+        self
+    }
+
+    /// The largest gRPC message an RPC may receive, in bytes as received (4 MiB unless set,
+    /// as in grpc-go). A larger one resets the stream: the RPC fails with RESOURCE_EXHAUSTED.
+    /// The [`MessageLimits`] request extension overrides it per RPC.
+    pub fn max_response_message_bytes(mut self, max: usize) -> Self {
+        self.limits.response = max;
+        self
+    }
+
+    /// The `:authority` every RPC carries, as grpc-go's `WithAuthority`, instead of the
+    /// address of the instance it goes to: for servers or proxies that route by it. It does
+    /// not change the name TLS verifies.
+    pub fn authority(mut self, authority: impl Into<String>) -> Self {
+        self.authority = Some(authority.into());
+        self
+    }
+
     /// Starts the balancer on `resolver`'s instances. Must be called within a tokio runtime.
     pub fn build_from(self, resolver: &impl Resolve) -> Result<Balancer, Error> {
         self.build(resolver.resolve())
@@ -354,6 +382,17 @@ impl Builder {
                 .map_err(|_| Error::config(format!("user agent {prefix:?}: not a header value")))?,
             None => http::HeaderValue::from_static(ours),
         };
+        let authority = self
+            .authority
+            .as_deref()
+            .map(|a| {
+                a.parse::<http::uri::Authority>()
+                    .map_err(|e| Error::config(format!("authority {a:?}: {e}")))
+            })
+            .transpose()?;
+        if self.limits.request == 0 || self.limits.response == 0 {
+            return Err(Error::config("message size limits must be at least 1 byte"));
+        }
         let connector = HttpConnector::new(options);
         let scheme = connector.scheme();
         let (inner, close) = self.spawn(resolution, connector);
@@ -365,6 +404,8 @@ impl Builder {
             hash_header,
             user_agent,
             max_pending: self.max_pending,
+            limits: self.limits,
+            authority,
             _close: close,
         })))
     }

@@ -67,8 +67,9 @@ mod worker;
 
 pub use backoff::ConnectBackoff;
 pub use balancer::{
-    Balancer, BoxError, ResponseBody, ResponseFuture, Tried, Unprocessed, WaitForReady,
-    grpc_timeout, is_unprocessed,
+    Balancer, BoxError, DEFAULT_MAX_RESPONSE_MESSAGE_BYTES, MessageLimits, MessageTooLarge,
+    ResponseBody, ResponseFuture, Tried, Unprocessed, WaitForReady, grpc_timeout, is_unprocessed,
+    oversized_message, request_too_large,
 };
 pub use builder::{Builder, DEFAULT_MAX_PENDING_CALLS, RingHashOptions};
 #[cfg(feature = "tls")]

@@ -6,13 +6,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderValue, Request};
-use switchboard_balancer::{Balancer, ConnectBackoff, ResponseFuture, WaitForReady};
+use switchboard_balancer::{Balancer, ConnectBackoff, MessageLimits, ResponseFuture, WaitForReady};
 use switchboard_resolver::{
     EtcdConfig, EtcdResolver, EtcdTls, Resolution, Resolve, StaticResolver,
 };
 use tonic::Status;
 
-use crate::config::{ClientConfig, ThrottlingSection};
+use crate::config::{ClientConfig, Compression, ThrottlingSection};
 use crate::error::Error;
 use crate::retry::{self, RetryPolicy, Throttle};
 use crate::service_config::{MethodTable, ServiceConfig};
@@ -159,6 +159,18 @@ impl Client {
         if let Some(max) = config.max_pending_calls {
             builder = builder.max_pending_calls(max);
         }
+        let limits = MessageLimits {
+            request: config.max_request_message_bytes.unwrap_or(usize::MAX),
+            response: config
+                .max_response_message_bytes
+                .unwrap_or(switchboard_balancer::DEFAULT_MAX_RESPONSE_MESSAGE_BYTES),
+        };
+        builder = builder
+            .max_request_message_bytes(limits.request)
+            .max_response_message_bytes(limits.response);
+        if let Some(authority) = &config.authority {
+            builder = builder.authority(authority.clone());
+        }
         if let Some(k) = config.keepalive_time {
             builder = builder.keepalive(Some(k));
         }
@@ -194,6 +206,8 @@ impl Client {
                     .as_ref()
                     .and_then(|r| r.buffer_bytes)
                     .unwrap_or(retry::DEFAULT_RETRY_BUFFER),
+                limits,
+                compression: config.compression,
             },
         })
     }
@@ -276,9 +290,18 @@ pub struct Channel {
     methods: Option<Arc<MethodTable>>,
     /// The most bytes of a request kept to send it again.
     buffer: usize,
+    /// The client's message-size limits (the balancer's own).
+    limits: MessageLimits,
+    /// How typed clients compress their requests.
+    compression: Option<Compression>,
 }
 
 impl Channel {
+    /// How typed clients over this channel compress their requests (`Compression`).
+    pub fn compression(&self) -> Option<Compression> {
+        self.compression
+    }
+
     /// Whether `uri`'s method is listed in `StreamingMethods`.
     fn is_streaming(&self, uri: &http::Uri) -> bool {
         let path = uri.path();
@@ -333,16 +356,31 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
                 request.extensions_mut().insert(WaitForReady(wait));
             }
         }
+        // A method's message-size limits apply with the client's: the smaller of the two.
+        let mut max_request = self.limits.request;
+        if let Some(m) = method.filter(|m| {
+            m.max_request_message_bytes.is_some() || m.max_response_message_bytes.is_some()
+        }) {
+            let limits = MessageLimits {
+                request: m
+                    .max_request_message_bytes
+                    .map_or(max_request, |n| n.min(max_request)),
+                response: m
+                    .max_response_message_bytes
+                    .map_or(self.limits.response, |n| n.min(self.limits.response)),
+            };
+            max_request = limits.request;
+            request.extensions_mut().insert(limits);
+        }
         let policy = method
             .and_then(|m| m.retry.clone())
             .unwrap_or_else(|| self.retry.clone());
         let balancer = self.balancer.clone();
         let buffer = self.buffer;
         let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
-        let call: ResponseFuture =
-            Box::pin(
-                async move { retry::call(&policy, balancer, request, deadline, buffer).await },
-            );
+        let call: ResponseFuture = Box::pin(async move {
+            retry::call(&policy, balancer, request, deadline, buffer, max_request).await
+        });
         match timeout {
             None => call,
             Some(t) => Box::pin(async move {

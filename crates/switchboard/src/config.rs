@@ -147,6 +147,22 @@ pub struct ClientConfig {
     /// RESOURCE_EXHAUSTED.
     #[serde(default, alias = "max_pending_calls")]
     pub max_pending_calls: Option<usize>,
+    /// The largest request message an RPC may send, in bytes as sent; no limit unless set
+    /// (grpc-go's default). A larger one is not sent: the RPC fails with RESOURCE_EXHAUSTED.
+    #[serde(default, alias = "max_request_message_bytes")]
+    pub max_request_message_bytes: Option<usize>,
+    /// The largest response message an RPC may receive, in bytes as received (4 MiB unless
+    /// set, as in grpc-go and tonic). A larger one resets the stream: RESOURCE_EXHAUSTED.
+    #[serde(default, alias = "max_response_message_bytes")]
+    pub max_response_message_bytes: Option<usize>,
+    /// `gzip`: typed clients send their requests compressed with gzip (tonic's). Responses
+    /// compressed with gzip are always accepted by typed clients. None unless set.
+    #[serde(default, alias = "compression")]
+    pub compression: Option<Compression>,
+    /// The `:authority` of every RPC, instead of the address of the instance it goes to (as
+    /// grpc-go's `WithAuthority`): for servers and proxies that route by it.
+    #[serde(default, alias = "authority")]
+    pub authority: Option<String>,
     /// Connection backoff; the gRPC spec's by default.
     #[serde(default, alias = "backoff")]
     pub backoff: Option<BackoffSection>,
@@ -174,6 +190,24 @@ pub struct ClientConfig {
     /// See [`ClientConfig::app`].
     #[serde(default, alias = "middlewares")]
     pub middlewares: Option<IgnoredAny>,
+}
+
+/// How typed clients compress their requests (`Compression`).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Compression {
+    /// gzip, as every gRPC implementation has it (`grpc-encoding: gzip`).
+    #[serde(alias = "Gzip", alias = "GZIP", rename = "gzip")]
+    Gzip,
+}
+
+impl Compression {
+    /// tonic's encoding.
+    pub fn encoding(self) -> tonic::codec::CompressionEncoding {
+        match self {
+            Self::Gzip => tonic::codec::CompressionEncoding::Gzip,
+        }
+    }
 }
 
 /// go-zero's `Etcd` section.
@@ -550,6 +584,10 @@ impl Default for ClientConfig {
             locality: None,
             user_agent: None,
             max_pending_calls: None,
+            max_request_message_bytes: None,
+            max_response_message_bytes: None,
+            compression: None,
+            authority: None,
             backoff: None,
             retry: None,
             hedging: None,
@@ -692,6 +730,21 @@ impl ClientConfig {
             if !(target.starts_with("direct:///") || target.starts_with("etcd://")) {
                 return Err(Error::config(format!(
                     "Target: {target:?} is neither direct:///host:port,… nor etcd://hosts/key"
+                )));
+            }
+        }
+        for (field, value) in [
+            ("MaxRequestMessageBytes", self.max_request_message_bytes),
+            ("MaxResponseMessageBytes", self.max_response_message_bytes),
+        ] {
+            if value == Some(0) {
+                return Err(Error::config(format!("{field}: must be at least 1")));
+            }
+        }
+        if let Some(authority) = &self.authority {
+            if authority.parse::<http::uri::Authority>().is_err() {
+                return Err(Error::config(format!(
+                    "Authority: {authority:?} is not a host or host:port"
                 )));
             }
         }

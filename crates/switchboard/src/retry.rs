@@ -72,7 +72,10 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::Full;
-use switchboard_balancer::{Balancer, BoxError, ResponseBody, is_unprocessed};
+use switchboard_balancer::{
+    Balancer, BoxError, MessageTooLarge, ResponseBody, is_unprocessed, oversized_message,
+    request_too_large,
+};
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
@@ -401,6 +404,12 @@ fn outcome<B>(result: &Result<Response<B>, BoxError>) -> Outcome {
             }
         }
         Err(error) => match error.downcast_ref::<Status>() {
+            // Sending it again would fail the same way.
+            Some(status)
+                if std::error::Error::source(status).is_some_and(|s| s.is::<MessageTooLarge>()) =>
+            {
+                Outcome::Other
+            }
             Some(status) => {
                 Outcome::Status(status.code(), Pushback::of(status.metadata().as_ref()))
             }
@@ -516,17 +525,28 @@ impl Sent {
 }
 
 /// Sends `request` with retries under `policy`, within `deadline` (which the caller also
-/// enforces around this future), keeping at most `limit` bytes of its body to send again.
+/// enforces around this future), keeping at most `limit` bytes of its body to send again; a
+/// request read whole whose message is larger than `max_message` is not sent.
 pub(crate) async fn call(
     policy: &RetryPolicy,
     mut balancer: Balancer,
     request: Request<Body>,
     deadline: Option<Instant>,
     limit: usize,
+    max_message: usize,
 ) -> Result<Response<ResponseBody>, BoxError> {
     let (parts, body) = request.into_parts();
     let sent = match buffer(body, limit).await {
-        Buffered::Whole(bytes) => Sent::Whole(bytes),
+        Buffered::Whole(bytes) => {
+            // The balancer checks streams as they go; a whole request fails before it leaves.
+            if let Some(len) = (max_message != usize::MAX)
+                .then(|| oversized_message(&bytes, max_message))
+                .flatten()
+            {
+                return Err(request_too_large(len, max_message).into());
+            }
+            Sent::Whole(bytes)
+        }
         Buffered::Open { head, len, rest } => Sent::Recorded(Tape::new(head, len, rest, limit)),
         Buffered::Once(body) => {
             trace!("request body larger than the retry buffer: sent once");

@@ -6,9 +6,11 @@
 //!   wins (`round_robin`, `pick_first`, `weighted_round_robin`, `p2c`, `p2c_peak_ewma`); the
 //!   deprecated `loadBalancingPolicy: "round_robin"` is read when it is absent. Either
 //!   overrides `Policy`.
-//! - `methodConfig: [{name, timeout, waitForReady, retryPolicy | hedgingPolicy}]`: per-method
-//!   settings (`hedgingPolicy: {maxAttempts, hedgingDelay, nonFatalStatusCodes}` hedges the
-//!   method's RPCs instead of retrying them; see [`HedgingSection`]). An RPC
+//! - `methodConfig: [{name, timeout, waitForReady, retryPolicy | hedgingPolicy,
+//!   maxRequestMessageBytes, maxResponseMessageBytes}]`: per-method settings (`hedgingPolicy:
+//!   {maxAttempts, hedgingDelay, nonFatalStatusCodes}` hedges the method's RPCs instead of
+//!   retrying them; see [`HedgingSection`]; the message-size limits apply with the client's
+//!   `MaxRequestMessageBytes` and `MaxResponseMessageBytes`, the smaller of the two). An RPC
 //!   gets those of the entry naming its method (`{"service": "user.User", "method":
 //!   "GetUserInfo"}`), else of the one naming its service (`{"service": "user.User"}`), else
 //!   of the default one (`{}`); what that entry leaves out comes from the client's `Timeout`,
@@ -101,6 +103,12 @@ pub struct MethodConfig {
     pub retry_policy: Option<RetrySection>,
     /// `hedgingPolicy`, checked (not with `retryPolicy`).
     pub hedging_policy: Option<HedgingSection>,
+    /// `maxRequestMessageBytes`: the largest request message (the smaller of it and the
+    /// client's `MaxRequestMessageBytes` applies).
+    pub max_request_message_bytes: Option<usize>,
+    /// `maxResponseMessageBytes`: the largest response message (the smaller of it and the
+    /// client's `MaxResponseMessageBytes` applies).
+    pub max_response_message_bytes: Option<usize>,
 }
 
 /// One `name` of a [`MethodConfig`]: a method, a whole service or (both `None`) every method.
@@ -277,6 +285,20 @@ fn method_config(value: &Value, path: &str) -> Result<MethodConfig, Error> {
         };
         method.wait_for_ready = Some(*b);
     }
+    for (key, field) in [
+        (
+            "maxRequestMessageBytes",
+            &mut method.max_request_message_bytes,
+        ),
+        (
+            "maxResponseMessageBytes",
+            &mut method.max_response_message_bytes,
+        ),
+    ] {
+        if let Some(v) = o.get(key) {
+            *field = Some(message_bytes(v, &format!("{path}.{key}"))?);
+        }
+    }
     if let Some(v) = o.get("retryPolicy") {
         method.retry_policy = Some(retry_policy(v, &format!("{path}.retryPolicy"))?);
     }
@@ -411,6 +433,21 @@ fn number(value: &Value, path: &str) -> Result<f64, Error> {
         .ok_or_else(|| Error::config(format!("{path}: must be a number")))
 }
 
+/// A message-size limit: a positive integer, as a JSON number or (proto-JSON's `UInt32Value`
+/// may be either) a string of digits.
+fn message_bytes(value: &Value, path: &str) -> Result<usize, Error> {
+    let n = match value {
+        Value::String(s) => s.trim().parse::<u64>().ok(),
+        v => v.as_u64(),
+    };
+    match n.and_then(|n| usize::try_from(n).ok()) {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(Error::config(format!(
+            "{path}: must be a positive number of bytes, not {value}"
+        ))),
+    }
+}
+
 fn required<'a>(o: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'a Value, Error> {
     o.get(key)
         .ok_or_else(|| Error::config(format!("{path}.{key}: is required")))
@@ -468,6 +505,9 @@ pub(crate) struct MethodSettings {
     pub(crate) wait_for_ready: Option<bool>,
     /// Their retry or hedging policy, instead of the client's `Retry` or `Hedging`.
     pub(crate) retry: Option<Arc<RetryPolicy>>,
+    /// Their message-size limits, with the client's.
+    pub(crate) max_request_message_bytes: Option<usize>,
+    pub(crate) max_response_message_bytes: Option<usize>,
 }
 
 /// The method configs by request path, built once per client.
@@ -506,6 +546,8 @@ impl MethodTable {
                 timeout: method.timeout,
                 wait_for_ready: method.wait_for_ready,
                 retry,
+                max_request_message_bytes: method.max_request_message_bytes,
+                max_response_message_bytes: method.max_response_message_bytes,
             });
             for name in &method.names {
                 match (&name.service, &name.method) {

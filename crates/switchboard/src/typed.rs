@@ -145,9 +145,16 @@ macro_rules! typed_client {
         }
 
         impl $name {
-            /// A typed client over `client`'s balanced channel.
+            /// A typed client over `client`'s balanced channel, its requests compressed as its
+            /// `Compression` says.
             $vis fn new(client: &$crate::Client) -> Self {
-                Self::over(client.channel())
+                let channel = client.channel();
+                let compression = channel.compression();
+                let typed = Self::over(channel);
+                match compression {
+                    Some(c) => typed.send_compressed(c),
+                    None => typed,
+                }
             }
         }
 
@@ -163,10 +170,25 @@ macro_rules! typed_client {
         {
             /// A typed client over `channel`: the client's channel with tower layers or a
             /// tonic interceptor around it, for example.
+            ///
+            /// Message sizes are left to the channel's limits (`MaxRequestMessageBytes`,
+            /// `MaxResponseMessageBytes`), not tonic's own; gzip-compressed responses are
+            /// accepted.
             $vis fn over(channel: C) -> Self {
                 Self {
-                    inner: $($client)::+::new(channel),
+                    inner: $($client)::+::new(channel)
+                        .max_decoding_message_size(usize::MAX)
+                        .max_encoding_message_size(usize::MAX)
+                        .accept_compressed(::tonic::codec::CompressionEncoding::Gzip),
                     options: $crate::CallOptions::new(),
+                }
+            }
+
+            /// This client, its requests compressed with `compression`.
+            $vis fn send_compressed(self, compression: $crate::Compression) -> Self {
+                Self {
+                    inner: self.inner.send_compressed(compression.encoding()),
+                    options: self.options,
                 }
             }
 

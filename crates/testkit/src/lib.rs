@@ -65,7 +65,7 @@ pub use go_peer::{
 pub use ports::{ClosedPort, free_port};
 pub use process::ServerProcess;
 pub use proxy::FaultProxy;
-pub use server::{BlackHoleServer, Http1Server, TestServer, user_service};
+pub use server::{BlackHoleServer, Http1Server, LoginSeen, TestServer, user_service};
 pub use stall::StallServer;
 pub use tls::TlsFiles;
 pub use tmp::temp_dir;

@@ -48,6 +48,17 @@ struct Shared {
     open_streams: AtomicUsize,
     /// The `user-agent` of the last `GetUserInfo` call.
     user_agent: std::sync::Mutex<Option<String>>,
+    /// The `:authority` and `grpc-encoding` of the last `Login` call.
+    login: std::sync::Mutex<Option<LoginSeen>>,
+}
+
+/// What a [`TestServer`] saw of the last `Login` call's request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoginSeen {
+    /// Its `:authority`.
+    pub authority: String,
+    /// Its `grpc-encoding` (how its message was compressed), if any.
+    pub encoding: Option<String>,
 }
 
 impl Shared {
@@ -131,10 +142,33 @@ impl TestServer {
                             return;
                         }
                     };
+                    let recorded = incoming_shared.clone();
                     let incoming = incoming(listener, stop_rx, incoming_shared);
+                    let record = tower::util::MapRequestLayer::new(
+                        move |request: http::Request<tonic::body::Body>| {
+                            if request.uri().path() == "/user.User/Login" {
+                                let seen = LoginSeen {
+                                    authority: request
+                                        .uri()
+                                        .authority()
+                                        .map(ToString::to_string)
+                                        .unwrap_or_default(),
+                                    encoding: request
+                                        .headers()
+                                        .get("grpc-encoding")
+                                        .and_then(|v| v.to_str().ok())
+                                        .map(str::to_owned),
+                                };
+                                *recorded.login.lock().unwrap_or_else(|e| e.into_inner()) =
+                                    Some(seen);
+                            }
+                            request
+                        },
+                    );
                     let server = tonic::transport::Server::builder()
+                        .layer(record)
                         .add_service(health_service)
-                        .add_service(UserServer::new(service))
+                        .add_service(serving(UserServer::new(service)))
                         // The incoming stream ends on `stop`; the shutdown signal then is the
                         // end of that stream, so the listener closes before the drain.
                         .serve_with_incoming_shutdown(incoming, std::future::pending());
@@ -196,6 +230,15 @@ impl TestServer {
     pub fn last_user_agent(&self) -> Option<String> {
         self.shared
             .user_agent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// What the last `Login` call's request carried, if one came.
+    pub fn last_login(&self) -> Option<LoginSeen> {
+        self.shared
+            .login
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -373,10 +416,22 @@ struct UserService {
 /// The demo `user.User` service that [`TestServer`] serves, for servers built elsewhere (such as
 /// `switchboard::Server`): every reply names the instance `name`.
 pub fn user_service(name: &str) -> UserServer<impl User> {
-    UserServer::new(UserService {
+    serving(UserServer::new(UserService {
         name: name.into(),
         shared: Arc::default(),
-    })
+    }))
+}
+
+/// The service as test servers serve it: gzip accepted, and used for responses to clients
+/// that accept it; messages up to 64 MiB either way (tonic's default, 4 MiB, would hide the
+/// client's own limits).
+fn serving<T: User>(service: UserServer<T>) -> UserServer<T> {
+    use tonic::codec::CompressionEncoding::Gzip;
+    service
+        .accept_compressed(Gzip)
+        .send_compressed(Gzip)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
 }
 
 impl UserService {

@@ -16,6 +16,7 @@ use tonic::{Code, Status};
 use tracing::Span;
 
 use super::Handle;
+use super::limits::{Frames, Tripped};
 use crate::connect::{Sender, chain, with_origin};
 use crate::subchannel::{Ready, Shared};
 
@@ -36,7 +37,8 @@ pub(super) async fn send_on(
 ) -> Result<Response<ResponseBody>, Failed> {
     let conn = &*ready.0;
     let (mut parts, body) = request.into_parts();
-    parts.uri = with_origin(&parts.uri, &handle.scheme, &conn.authority)
+    let authority = handle.authority.as_ref().unwrap_or(&conn.authority);
+    parts.uri = with_origin(&parts.uri, &handle.scheme, authority)
         .map_err(|e| Failed::Sent(Status::internal(format!("request URI: {e}"))))?;
     let request = Request::from_parts(parts, body);
 
@@ -61,6 +63,9 @@ pub(super) async fn send_on(
                 inner: Some(inner),
                 call,
                 deadline: None,
+                frames: Frames::default(),
+                max: usize::MAX,
+                tripped: None,
             }))
         }
         Err(mut e) => match e.take_message() {
@@ -234,12 +239,18 @@ impl Drop for Call {
 
 /// The body of a response: hyper's, plus the accounting of its RPC, which ends with the
 /// trailers (or when the body is dropped), and the RPC's deadline: a body still running when it
-/// passes ends with a DEADLINE_EXCEEDED status, and its HTTP/2 stream is reset.
+/// passes ends with a DEADLINE_EXCEEDED status, and its HTTP/2 stream is reset. A message over
+/// the RPC's response limit ends it the same way with RESOURCE_EXHAUSTED.
 pub struct ResponseBody {
-    /// `None` once the deadline passed: dropping hyper's body resets the stream.
+    /// `None` once the RPC ended early: dropping hyper's body resets the stream.
     inner: Option<hyper::body::Incoming>,
     call: Call,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The response's messages so far, and the largest one allowed (`usize::MAX`: unchecked).
+    frames: Frames,
+    max: usize,
+    /// Set when one of the request's messages was over its limit.
+    tripped: Option<Tripped>,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -254,16 +265,33 @@ impl ResponseBody {
         self.deadline = deadline;
         self
     }
+
+    /// This body, its messages checked against `max` bytes; `tripped` tells that the
+    /// request's were not.
+    pub(super) fn limited(mut self, max: usize, tripped: Option<Tripped>) -> Self {
+        self.max = max;
+        self.tripped = tripped;
+        self
+    }
+
+    /// Ends the RPC here with `status`: its stream is reset, and the caller reads `status` in
+    /// the trailers.
+    fn end_with(&mut self, status: &Status) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.inner = None;
+        self.deadline = None;
+        self.call.end(Some(status.code()));
+        Poll::Ready(Some(Ok(Frame::trailers(status_trailers(status)))))
+    }
 }
 
-/// The trailers that end a response whose deadline passed.
-fn deadline_trailers() -> HeaderMap {
+/// The trailers that carry `status`.
+fn status_trailers(status: &Status) -> HeaderMap {
     let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", http::HeaderValue::from_static("4"));
-    trailers.insert(
-        "grpc-message",
-        http::HeaderValue::from_static("deadline exceeded before the response ended"),
-    );
+    trailers.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
+    // Messages are ours, in plain ASCII: nothing to percent-encode.
+    if let Ok(message) = http::HeaderValue::from_str(status.message()) {
+        trailers.insert("grpc-message", message);
+    }
     trailers
 }
 
@@ -286,10 +314,25 @@ impl HttpBody for ResponseBody {
                     let code = grpc_status(trailers).unwrap_or(Code::Unknown);
                     this.call.end(Some(code));
                     this.deadline = None;
+                } else if let (Some(data), true) = (frame.data_ref(), this.max != usize::MAX) {
+                    if let Err(len) = this.frames.feed(data, this.max) {
+                        let status = Status::resource_exhausted(format!(
+                            "response message of {len} bytes is larger than the limit of {} bytes",
+                            this.max
+                        ));
+                        return this.end_with(&status);
+                    }
                 }
             }
-            // The stream broke, or ended without trailers.
-            Poll::Ready(Some(Err(_))) => this.call.end(Some(Code::Unavailable)),
+            Poll::Ready(Some(Err(_))) => {
+                // A request message over its limit reset the stream.
+                if let Some(status) = this.tripped.as_ref().and_then(|t| t.get().cloned()) {
+                    return this.end_with(&status);
+                }
+                // The stream broke.
+                this.call.end(Some(Code::Unavailable));
+            }
+            // It ended without trailers.
             Poll::Ready(None) => this.call.end(Some(Code::Internal)),
             Poll::Pending => {
                 let expired = this
@@ -297,10 +340,9 @@ impl HttpBody for ResponseBody {
                     .as_mut()
                     .is_some_and(|d| d.as_mut().poll(cx).is_ready());
                 if expired {
-                    this.inner = None;
-                    this.deadline = None;
-                    this.call.end(Some(Code::DeadlineExceeded));
-                    return Poll::Ready(Some(Ok(Frame::trailers(deadline_trailers()))));
+                    let status =
+                        Status::deadline_exceeded("deadline exceeded before the response ended");
+                    return this.end_with(&status);
                 }
             }
         }

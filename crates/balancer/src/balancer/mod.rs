@@ -24,9 +24,15 @@ use crate::state::ConnectivityState;
 use crate::subchannel::Ready;
 
 mod call;
+mod limits;
 
 use call::{Failed, attempt_span, send_on};
 pub use call::{ResponseBody, Unprocessed, grpc_timeout, is_unprocessed};
+use limits::{Checked, Tripped};
+pub use limits::{
+    DEFAULT_MAX_RESPONSE_MESSAGE_BYTES, MessageLimits, MessageTooLarge, oversized_message,
+    request_too_large,
+};
 
 /// How many times one RPC is re-picked because the connection it was given closed before
 /// the request could be sent, before it waits for the next picker.
@@ -67,6 +73,10 @@ pub(crate) struct Handle {
     pub(crate) user_agent: http::HeaderValue,
     /// The most calls that wait for a free stream at once.
     pub(crate) max_pending: usize,
+    /// The largest messages an RPC sends and receives, unless it says otherwise.
+    pub(crate) limits: MessageLimits,
+    /// The `:authority` of every request, instead of each instance's address.
+    pub(crate) authority: Option<http::uri::Authority>,
     /// Dropped with the last handle: stops the worker.
     pub(crate) _close: tokio::sync::oneshot::Sender<()>,
 }
@@ -209,6 +219,19 @@ impl Balancer {
         {
             entry.insert(handle.user_agent.clone());
         }
+        let limits = request
+            .extensions()
+            .get::<MessageLimits>()
+            .copied()
+            .unwrap_or(handle.limits);
+        // Request messages are checked as they go only when they have a limit.
+        let tripped = (limits.request != usize::MAX).then(|| {
+            let tripped = Tripped::default();
+            let body = std::mem::take(request.body_mut());
+            *request.body_mut() =
+                tonic::body::Body::new(Checked::new(body, limits.request, tripped.clone()));
+            tripped
+        });
         let deadline = timeout.map(|t| Instant::now() + t);
         // One timer for the headers and then the body of the attempt that gets them.
         let mut timer = deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));
@@ -277,9 +300,18 @@ impl Balancer {
                     };
                     match sent {
                         Ok(response) => {
-                            return Ok(response.map(|body| body.until(timer.take())));
+                            return Ok(response.map(|body| {
+                                body.until(timer.take()).limited(limits.response, tripped)
+                            }));
                         }
-                        Err(Failed::Sent(status)) => return Err(status),
+                        Err(Failed::Sent(status)) => {
+                            // A request message over its limit broke the stream.
+                            let status = tripped
+                                .as_ref()
+                                .and_then(|t| t.get().cloned())
+                                .unwrap_or(status);
+                            return Err(status);
+                        }
                         Err(Failed::Unsent(back, why)) => {
                             request = back;
                             unsent += 1;

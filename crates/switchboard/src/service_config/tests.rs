@@ -385,3 +385,31 @@ fn hedging_policies_are_read_and_checked() {
         "ServiceConfig.methodConfig[0].hedgingPolicy.nonFatalStatusCodes[0]: \"NOPE\" is not a gRPC status code (UNAVAILABLE, 14, …)"
     );
 }
+
+#[test]
+fn message_size_limits_are_numbers_or_strings_of_bytes() {
+    let c = parse(
+        r#"{"methodConfig": [{"name": [{"service": "s"}],
+            "maxRequestMessageBytes": 1024, "maxResponseMessageBytes": "2048"}]}"#,
+    )
+    .expect("valid");
+    let m = &c.method_configs[0];
+    assert_eq!(m.max_request_message_bytes, Some(1024));
+    assert_eq!(m.max_response_message_bytes, Some(2048));
+    for (bad, says) in [
+        (
+            r#""maxRequestMessageBytes": 0"#,
+            "methodConfig[0].maxRequestMessageBytes: must be a positive number of bytes, not 0",
+        ),
+        (
+            r#""maxResponseMessageBytes": -1"#,
+            "maxResponseMessageBytes: must be a positive number of bytes, not -1",
+        ),
+        (r#""maxResponseMessageBytes": "4MB""#, r#"not "4MB""#),
+    ] {
+        let e = error(&format!(
+            r#"{{"methodConfig": [{{"name": [{{}}], {bad}}}]}}"#
+        ));
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}
