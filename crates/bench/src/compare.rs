@@ -27,7 +27,7 @@ const SLOW_CONCURRENCY: usize = 64;
 
 /// Runs every contender for one round per turn, `settings.rounds` times, after one warm-up
 /// turn each; returns each contender's samples, by round.
-async fn alternate(
+pub(crate) async fn alternate(
     contenders: &[(&str, &Caller)],
     concurrency: usize,
     settings: &Settings,
@@ -65,7 +65,7 @@ fn ratio(base: &[Sample], other: &[Sample], f: impl Fn(&Sample) -> f64) -> Sprea
 }
 
 /// The median over rounds of RPS, p50, p99 and CPU per RPC, and the failed RPCs in all.
-fn medians(samples: &[Sample]) -> ([f64; 4], u64) {
+pub(crate) fn medians(samples: &[Sample]) -> ([f64; 4], u64) {
     let m =
         |f: &dyn Fn(&Sample) -> f64| Spread::of(&samples.iter().map(f).collect::<Vec<_>>()).median;
     (

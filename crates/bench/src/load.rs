@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use hdrhistogram::Histogram;
 use switchboard::ClientConfig;
+use switchboard::balancer::Balancer;
 use switchboard::balancer::Policy;
-use switchboard_testkit::proto::user::GetUserInfoRequest;
 use switchboard_testkit::proto::user::user_client::UserClient;
+use switchboard_testkit::proto::user::{Chunk, GetUserInfoRequest};
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 
@@ -38,6 +39,55 @@ pub(crate) enum Caller {
     },
     /// switchboard's facade: `Client` and its `Channel`.
     Switchboard(UserClient<switchboard::Channel>, switchboard::Client),
+    /// switchboard's facade sending `Rpc`s.
+    Facade(UserClient<switchboard::Channel>, Rpc, switchboard::Client),
+    /// The balancer under switchboard's facade, alone: no deadline, no retry layer.
+    Balancer(UserClient<Balancer>, Rpc, switchboard::Client),
+}
+
+/// What an RPC of the load is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rpc {
+    /// `GetUserInfo` with a 1-byte request.
+    Unary,
+    /// `Upload` of `UPLOAD_CHUNKS` chunks of `UPLOAD_CHUNK` bytes: a client stream.
+    Upload,
+}
+
+/// Chunks of an `Upload` RPC.
+pub(crate) const UPLOAD_CHUNKS: usize = 8;
+
+/// Bytes per chunk of an `Upload` RPC.
+pub(crate) const UPLOAD_CHUNK: usize = 64;
+
+impl Rpc {
+    async fn send<T>(self, client: &mut UserClient<T>) -> Result<String, tonic::Status>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<tonic::codegen::StdError>,
+        T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+        <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+    {
+        Ok(match self {
+            Self::Unary => {
+                client
+                    .get_user_info(GetUserInfoRequest { id: 1 })
+                    .await?
+                    .into_inner()
+                    .instance
+            }
+            Self::Upload => {
+                let chunks = (0..UPLOAD_CHUNKS).map(|_| Chunk {
+                    data: vec![7; UPLOAD_CHUNK],
+                });
+                client
+                    .upload(tokio_stream::iter(chunks))
+                    .await?
+                    .into_inner()
+                    .instance
+            }
+        })
+    }
 }
 
 impl Caller {
@@ -91,10 +141,31 @@ impl Caller {
         Ok(Self::Switchboard(UserClient::new(client.channel()), client))
     }
 
+    /// switchboard's facade from `config` over one server at `addr`, sending `rpc`s.
+    pub(crate) async fn facade(config: &str, addr: SocketAddr, rpc: Rpc) -> Result<Self> {
+        let yaml = format!("Endpoints: [{addr}]\n{config}");
+        let Self::Switchboard(typed, client) =
+            Self::switchboard_with(ClientConfig::from_yaml(&yaml)?, 1).await?
+        else {
+            bail!("switchboard_with made no switchboard caller");
+        };
+        Ok(Self::Facade(typed, rpc, client))
+    }
+
+    /// The balancer under this switchboard caller's facade, alone, sending `rpc`s.
+    pub(crate) fn balancer_alone(&self, rpc: Rpc) -> Option<Self> {
+        let client = self.client()?.clone();
+        Some(Self::Balancer(
+            UserClient::new(client.balancer().clone()),
+            rpc,
+            client,
+        ))
+    }
+
     /// The switchboard client, if this is one.
     pub(crate) fn client(&self) -> Option<&switchboard::Client> {
         match self {
-            Self::Switchboard(_, c) => Some(c),
+            Self::Switchboard(_, c) | Self::Facade(_, _, c) | Self::Balancer(_, _, c) => Some(c),
             Self::Tonic { .. } => None,
         }
     }
@@ -105,6 +176,8 @@ impl Caller {
         let reply = match self {
             Self::Tonic { client, .. } => client.get_user_info(request).await?,
             Self::Switchboard(c, _) => c.get_user_info(request).await?,
+            Self::Facade(c, rpc, _) => return rpc.send(c).await,
+            Self::Balancer(c, rpc, _) => return rpc.send(c).await,
         };
         Ok(reply.into_inner().instance)
     }

@@ -5,12 +5,15 @@
 //! 127.0.0.1, runs each scenario for a bounded time and prints a markdown table: every measure
 //! with its goal, met or missed, then the absolute medians of each contender. `--quick` runs
 //! shorter rounds and fewer trials (about a minute); `--only PART` runs one part (`overhead`,
-//! `slow`, `kill`, `stop`, `membership`, `scale`).
+//! `features`, `slow`, `kill`, `stop`, `membership`, `scale`).
 //!
 //! - **Overhead**: switchboard (round-robin, p2c) over one server ÷ a direct tonic `Channel`,
 //!   concurrency 1 and 64: RPS, p50, p99, client CPU per RPC.
 //! - **Throughput**: switchboard over three servers ÷ tonic's `Channel::balance_channel` over
 //!   the same three, concurrency 64 and 256.
+//! - **Features**: the CPU per RPC of the facade's deadline and retry layer (which keeps
+//!   requests to send them again), each on and off, ÷ the balancer under it alone; unary calls
+//!   and client streams.
 //! - **Slow instance**: one of three answers 50 ms late; p99 of each contender.
 //! - **Membership**: an etcd PUT until the new instance serves, a DELETE until the last RPC
 //!   sent to it.
@@ -26,6 +29,7 @@
 
 mod background;
 mod compare;
+mod costs;
 mod faults;
 mod limits;
 mod load;
@@ -43,7 +47,7 @@ use crate::servers::Placement;
 
 /// The command line.
 const USAGE: &str =
-    "usage: switchboard-bench [--quick] [--only overhead|slow|kill|stop|membership|scale]";
+    "usage: switchboard-bench [--quick] [--only overhead|features|slow|kill|stop|membership|scale]";
 
 /// How long each part of the suite runs.
 #[derive(Clone, Debug)]
@@ -168,6 +172,10 @@ async fn run(place: &Placement, settings: &Settings) -> Result<Report> {
     if settings.runs("overhead") {
         let r = compare::overhead_and_throughput(place, settings, &mut report).await;
         noted(&mut report, "overhead and throughput", r);
+    }
+    if settings.runs("features") {
+        let r = costs::features(place, settings, &mut report).await;
+        noted(&mut report, "features", r);
     }
     if settings.runs("slow") {
         let r = compare::slow_instance(place, settings, &mut report).await;
