@@ -10,7 +10,7 @@ import (
 )
 
 // The messages of proto/user.proto that the peer uses, encoded by hand with protowire: Debian
-// ships no protoc-gen-go-grpc for grpc-go 1.33, and four small messages do not need one.
+// ships no protoc-gen-go-grpc for grpc-go 1.33, and seven small messages do not need one.
 type wireMessage interface {
 	marshal() []byte
 	unmarshal(b []byte) error
@@ -35,6 +35,20 @@ type event struct {
 	instance string
 }
 
+type chunk struct{ data []byte }
+
+type uploadSummary struct {
+	chunks   uint64
+	bytes    uint64
+	instance string
+}
+
+type chatMessage struct {
+	seq      uint64
+	text     string
+	instance string
+}
+
 func appendVarint(b []byte, num protowire.Number, v uint64) []byte {
 	if v == 0 {
 		return b
@@ -49,6 +63,14 @@ func appendString(b []byte, num protowire.Number, s string) []byte {
 	}
 	b = protowire.AppendTag(b, num, protowire.BytesType)
 	return protowire.AppendString(b, s)
+}
+
+func appendBytes(b []byte, num protowire.Number, v []byte) []byte {
+	if len(v) == 0 {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, v)
 }
 
 // fields calls visit with each field's number and its varint or bytes value, skipping fields of
@@ -141,6 +163,52 @@ func (m *event) unmarshal(b []byte) error {
 		case 1:
 			m.seq = v
 		case 2:
+			m.instance = string(s)
+		}
+	})
+}
+
+func (m *chunk) marshal() []byte { return appendBytes(nil, 1, m.data) }
+func (m *chunk) unmarshal(b []byte) error {
+	return fields(b, func(num protowire.Number, _ uint64, s []byte) {
+		if num == 1 {
+			// s points into the received frame: keep a copy.
+			m.data = append([]byte(nil), s...)
+		}
+	})
+}
+
+func (m *uploadSummary) marshal() []byte {
+	b := appendVarint(nil, 1, m.chunks)
+	b = appendVarint(b, 2, m.bytes)
+	return appendString(b, 3, m.instance)
+}
+func (m *uploadSummary) unmarshal(b []byte) error {
+	return fields(b, func(num protowire.Number, v uint64, s []byte) {
+		switch num {
+		case 1:
+			m.chunks = v
+		case 2:
+			m.bytes = v
+		case 3:
+			m.instance = string(s)
+		}
+	})
+}
+
+func (m *chatMessage) marshal() []byte {
+	b := appendVarint(nil, 1, m.seq)
+	b = appendString(b, 2, m.text)
+	return appendString(b, 3, m.instance)
+}
+func (m *chatMessage) unmarshal(b []byte) error {
+	return fields(b, func(num protowire.Number, v uint64, s []byte) {
+		switch num {
+		case 1:
+			m.seq = v
+		case 2:
+			m.text = string(s)
+		case 3:
 			m.instance = string(s)
 		}
 	})

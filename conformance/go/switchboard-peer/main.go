@@ -8,17 +8,34 @@
 //
 //	GOPATH=/usr/share/gocode GO111MODULE=off go build -o switchboard-peer .
 //
-// It serves the demo service of proto/user.proto (user.User: GetUserInfo and WatchEvents)
-// without generated code: the messages are small and are encoded with protowire.
+// It serves the demo service of proto/user.proto (user.User: GetUserInfo, WatchEvents, Upload
+// and Chat: unary, server-streaming, client-streaming and bidi) without generated code: the
+// messages are small and are encoded with protowire. Upload answers {chunks, bytes, instance}
+// once the client's stream ends; Chat echoes each message as it arrives, its seq and text
+// unchanged and instance set to the server's name, as the Rust test server does.
 //
 //	switchboard-peer [serve] [flags] # prints "listening 127.0.0.1:PORT", then one line per event
 //	switchboard-peer call [flags]    # prints one line per call: "ok INSTANCE DETAIL" or "error CODE MESSAGE"
+//
+// The events a server prints, so that tests can see what it saw:
+//
+//	connection N / connection N closed   a connection accepted / closed
+//	open METHOD                          a streaming call (WatchEvents, Upload, Chat) began
+//	ended Chat                           a Chat whose client closed its stream cleanly
+//	cancelled METHOD                     a call ended because the client cancelled it (RST_STREAM)
+//	deadline METHOD                      a call ended because its grpc-timeout passed
+//	health STATUS                        SIGUSR1 flipped the health status
+//	deregistered KEY / stopped served=N  SIGTERM: left etcd, drained and stopped
+//
+// With -stall, GetUserInfo sends its response headers at once and then nothing until the call
+// is cancelled or its deadline passes: what a client's deadline must end, body included.
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
@@ -33,10 +50,12 @@ import (
 	etcdresolver "go.etcd.io/etcd/clientv3/naming/resolver"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 )
@@ -120,6 +139,7 @@ func (t *connTag) HandleRPC(context.Context, stats.RPCStats)                    
 type userServer struct {
 	name     string
 	delay    time.Duration
+	stall    bool
 	inflight int64
 	peak     int64
 	served   int64
@@ -142,35 +162,112 @@ func (s *userServer) enter(ctx context.Context) (string, func()) {
 	}
 }
 
+// ended returns err, the error a call of method ends with, and prints "cancelled METHOD" if the
+// call ended because the client cancelled it, or "deadline METHOD" if its deadline passed:
+// either the call's context says so, or err does (a RecvMsg or SendMsg cut short).
+func ended(ctx context.Context, method string, err error) error {
+	why := ctx.Err()
+	if why == nil && err != nil {
+		switch status.Code(err) {
+		case codes.Canceled:
+			why = context.Canceled
+		case codes.DeadlineExceeded:
+			why = context.DeadlineExceeded
+		}
+	}
+	switch why {
+	case context.Canceled:
+		say("cancelled %s", method)
+	case context.DeadlineExceeded:
+		say("deadline %s", method)
+	}
+	return err
+}
+
 func (s *userServer) getUserInfo(ctx context.Context, req *getUserInfoRequest) (*userInfo, error) {
 	detail, leave := s.enter(ctx)
 	defer leave()
+	if s.stall {
+		if err := grpc.SendHeader(ctx, metadata.MD{}); err != nil {
+			return nil, ended(ctx, "GetUserInfo", err)
+		}
+		<-ctx.Done()
+		return nil, ended(ctx, "GetUserInfo", status.FromContextError(ctx.Err()).Err())
+	}
 	if s.delay > 0 {
 		select {
 		case <-time.After(s.delay):
 		case <-ctx.Done():
-			return nil, status.FromContextError(ctx.Err()).Err()
+			return nil, ended(ctx, "GetUserInfo", status.FromContextError(ctx.Err()).Err())
 		}
 	}
 	return &userInfo{id: req.id, username: detail, instance: s.name}, nil
 }
 
 func (s *userServer) watchEvents(req *watchEventsRequest, stream grpc.ServerStream) error {
-	_, leave := s.enter(stream.Context())
+	ctx := stream.Context()
+	_, leave := s.enter(ctx)
 	defer leave()
 	for seq := uint64(1); seq <= uint64(req.count); seq++ {
 		if seq > 1 {
 			select {
 			case <-time.After(time.Duration(req.intervalMs) * time.Millisecond):
-			case <-stream.Context().Done():
-				return status.FromContextError(stream.Context().Err()).Err()
+			case <-ctx.Done():
+				return ended(ctx, "WatchEvents", status.FromContextError(ctx.Err()).Err())
 			}
 		}
 		if err := stream.SendMsg(&event{seq: seq, instance: s.name}); err != nil {
-			return err
+			return ended(ctx, "WatchEvents", err)
 		}
 	}
 	return nil
+}
+
+// upload counts and sums up the chunks until the client's stream ends, then answers.
+func (s *userServer) upload(stream grpc.ServerStream) error {
+	ctx := stream.Context()
+	_, leave := s.enter(ctx)
+	defer leave()
+	summary := &uploadSummary{instance: s.name}
+	for {
+		in := new(chunk)
+		err := stream.RecvMsg(in)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return ended(ctx, "Upload", err)
+		}
+		summary.chunks++
+		summary.bytes += uint64(len(in.data))
+	}
+	if err := stream.SendMsg(summary); err != nil {
+		return ended(ctx, "Upload", err)
+	}
+	return nil
+}
+
+// chat echoes every message as it arrives, with this server's name, until the client's stream
+// ends.
+func (s *userServer) chat(stream grpc.ServerStream) error {
+	ctx := stream.Context()
+	_, leave := s.enter(ctx)
+	defer leave()
+	for {
+		in := new(chatMessage)
+		err := stream.RecvMsg(in)
+		if err == io.EOF {
+			say("ended Chat")
+			return nil
+		}
+		if err != nil {
+			return ended(ctx, "Chat", err)
+		}
+		in.instance = s.name
+		if err := stream.SendMsg(in); err != nil {
+			return ended(ctx, "Chat", err)
+		}
+	}
 }
 
 var userServiceDesc = grpc.ServiceDesc{
@@ -181,7 +278,7 @@ var userServiceDesc = grpc.ServiceDesc{
 		Handler: func(srv interface{}, ctx context.Context, dec func(interface{}) error, _ grpc.UnaryServerInterceptor) (interface{}, error) {
 			req := new(getUserInfoRequest)
 			if err := dec(req); err != nil {
-				return nil, err
+				return nil, ended(ctx, "GetUserInfo", err)
 			}
 			return srv.(*userServer).getUserInfo(ctx, req)
 		},
@@ -190,11 +287,27 @@ var userServiceDesc = grpc.ServiceDesc{
 		StreamName:    "WatchEvents",
 		ServerStreams: true,
 		Handler: func(srv interface{}, stream grpc.ServerStream) error {
+			say("open WatchEvents")
 			req := new(watchEventsRequest)
 			if err := stream.RecvMsg(req); err != nil {
-				return err
+				return ended(stream.Context(), "WatchEvents", err)
 			}
 			return srv.(*userServer).watchEvents(req, stream)
+		},
+	}, {
+		StreamName:    "Upload",
+		ClientStreams: true,
+		Handler: func(srv interface{}, stream grpc.ServerStream) error {
+			say("open Upload")
+			return srv.(*userServer).upload(stream)
+		},
+	}, {
+		StreamName:    "Chat",
+		ServerStreams: true,
+		ClientStreams: true,
+		Handler: func(srv interface{}, stream grpc.ServerStream) error {
+			say("open Chat")
+			return srv.(*userServer).chat(stream)
 		},
 	}},
 	Metadata: "user.proto",
@@ -205,6 +318,7 @@ func serve(args []string) {
 	port := flags.Int("port", 0, "port to listen on, on 127.0.0.1 (0 = a free one)")
 	name := flags.String("name", "go", "instance name every reply carries")
 	delay := flags.Duration("delay", 0, "how long each GetUserInfo takes")
+	stall := flags.Bool("stall", false, "GetUserInfo sends its response headers, then nothing until the call is cancelled or its deadline passes")
 	maxAge := flags.Duration("max-connection-age", 0, "MaxConnectionAge: GOAWAY a connection this old (0 = never)")
 	maxAgeGrace := flags.Duration("max-connection-age-grace", 5*time.Second, "MaxConnectionAgeGrace")
 	maxStreams := flags.Uint("max-concurrent-streams", 0, "MAX_CONCURRENT_STREAMS (0 = grpc-go's default)")
@@ -233,7 +347,7 @@ func serve(args []string) {
 		}))
 	}
 	server := grpc.NewServer(options...)
-	users := &userServer{name: *name, delay: *delay}
+	users := &userServer{name: *name, delay: *delay, stall: *stall}
 	server.RegisterService(&userServiceDesc, users)
 	healthServer := health.NewServer()
 	serving := !*notServing

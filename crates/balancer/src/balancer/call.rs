@@ -66,6 +66,7 @@ pub(super) async fn send_on(
                 frames: Frames::default(),
                 max: usize::MAX,
                 tripped: None,
+                guard: None,
             }))
         }
         Err(mut e) => match e.take_message() {
@@ -251,6 +252,9 @@ pub struct ResponseBody {
     max: usize,
     /// Set when one of the request's messages was over its limit.
     tripped: Option<Tripped>,
+    /// Dropped with the body, or when the RPC ends early: a streaming request still being sent
+    /// then ends with `CANCEL`, which resets the stream.
+    guard: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -274,10 +278,17 @@ impl ResponseBody {
         self
     }
 
+    /// This body, cancelling the streaming request behind `guard` when it is dropped.
+    pub(super) fn guarding(mut self, guard: Option<tokio::sync::oneshot::Sender<()>>) -> Self {
+        self.guard = guard;
+        self
+    }
+
     /// Ends the RPC here with `status`: its stream is reset, and the caller reads `status` in
     /// the trailers.
     fn end_with(&mut self, status: &Status) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         self.inner = None;
+        self.guard = None;
         self.deadline = None;
         self.call.end(Some(status.code()));
         Poll::Ready(Some(Ok(Frame::trailers(status_trailers(status)))))

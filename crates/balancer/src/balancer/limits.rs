@@ -1,7 +1,9 @@
-//! Message-size limits: the gRPC messages an RPC sends and receives, read off their 5-byte
-//! length prefixes as the bytes go by, and refused with RESOURCE_EXHAUSTED past a limit, as
-//! grpc-go's `MaxCallSendMsgSize` and `MaxCallRecvMsgSize` do.
+//! What wraps a request body on its way out: message-size limits (the gRPC messages an RPC
+//! sends and receives, read off their 5-byte length prefixes as the bytes go by, and refused
+//! with RESOURCE_EXHAUSTED past a limit, as grpc-go's `MaxCallSendMsgSize` and
+//! `MaxCallRecvMsgSize` do), and the cancellation of a stream whose response was dropped.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -165,6 +167,53 @@ impl HttpBody for Checked {
             }
         }
         polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A streaming request body that ends with `CANCEL` once its RPC's response is dropped (the
+/// caller gave up on the call): hyper then resets the HTTP/2 stream with `CANCEL`, and the
+/// server sees the call cancelled at once, even while the caller still holds the sending half
+/// or has just closed it. Without it, a dropped response leaves the stream open for as long
+/// as the request stream stays open, and a request stream closed first reaches the server as
+/// a clean end before the reset.
+pub(crate) struct Guarded {
+    inner: tonic::body::Body,
+    /// Fires (with an error) when the response's guard is dropped.
+    alive: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Guarded {
+    /// `inner`, and the guard the response keeps.
+    pub(crate) fn new(inner: tonic::body::Body) -> (Self, tokio::sync::oneshot::Sender<()>) {
+        let (guard, alive) = tokio::sync::oneshot::channel();
+        (Self { inner, alive }, guard)
+    }
+}
+
+impl HttpBody for Guarded {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if Pin::new(&mut this.alive).poll(cx).is_ready() {
+            // hyper resets the stream with the reason of an h2 error among the sources.
+            let mut status = Status::cancelled("the call was dropped by its caller");
+            status.set_source(Arc::new(h2::Error::from(h2::Reason::CANCEL)));
+            return Poll::Ready(Some(Err(status)));
+        }
+        Pin::new(&mut this.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

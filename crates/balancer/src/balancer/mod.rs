@@ -28,7 +28,7 @@ mod limits;
 
 use call::{Failed, attempt_span, send_on};
 pub use call::{ResponseBody, Unprocessed, grpc_timeout, is_unprocessed};
-use limits::{Checked, Tripped};
+use limits::{Checked, Guarded, Tripped};
 pub use limits::{
     DEFAULT_MAX_RESPONSE_MESSAGE_BYTES, MessageLimits, MessageTooLarge, oversized_message,
     request_too_large,
@@ -232,6 +232,15 @@ impl Balancer {
                 tonic::body::Body::new(Checked::new(body, limits.request, tripped.clone()));
             tripped
         });
+        // A streaming request is cancelled (its stream reset) when its response is dropped.
+        let guard = if http_body::Body::size_hint(request.body()).exact().is_none() {
+            let body = std::mem::take(request.body_mut());
+            let (body, guard) = Guarded::new(body);
+            *request.body_mut() = tonic::body::Body::new(body);
+            Some(guard)
+        } else {
+            None
+        };
         let deadline = timeout.map(|t| Instant::now() + t);
         // One timer for the headers and then the body of the attempt that gets them.
         let mut timer = deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));
@@ -301,7 +310,9 @@ impl Balancer {
                     match sent {
                         Ok(response) => {
                             return Ok(response.map(|body| {
-                                body.until(timer.take()).limited(limits.response, tripped)
+                                body.until(timer.take())
+                                    .limited(limits.response, tripped)
+                                    .guarding(guard)
                             }));
                         }
                         Err(Failed::Sent(status)) => {
