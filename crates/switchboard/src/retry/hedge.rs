@@ -118,6 +118,8 @@ pub(super) async fn call(
 }
 
 /// What one finished attempt means for the RPC.
+// Made once per attempt and consumed at once, like the response it carries: no need to box.
+#[allow(clippy::large_enum_variant)]
 enum Settled {
     /// The RPC's result: it ends.
     Done(Result<Response<ResponseBody>, BoxError>),
