@@ -22,6 +22,7 @@
 //	connection N / connection N closed   a connection accepted / closed
 //	open METHOD                          a streaming call (WatchEvents, Upload, Chat) began
 //	ended Chat                           a Chat whose client closed its stream cleanly
+//	compressed /user.User/METHOD gzip    a call whose request came compressed (gzip is registered)
 //	cancelled METHOD                     a call ended because the client cancelled it (RST_STREAM)
 //	deadline METHOD                      a call ended because its grpc-timeout passed
 //	health STATUS                        SIGUSR1 flipped the health status
@@ -52,6 +53,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	_ "google.golang.org/grpc/encoding/gzip"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -133,7 +135,11 @@ func (t *connTag) HandleConn(ctx context.Context, s stats.ConnStats) {
 	}
 }
 func (t *connTag) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
-func (t *connTag) HandleRPC(context.Context, stats.RPCStats)                       {}
+func (t *connTag) HandleRPC(_ context.Context, s stats.RPCStats) {
+	if h, ok := s.(*stats.InHeader); ok && h.Compression != "" {
+		say("compressed %s %s", h.FullMethod, h.Compression)
+	}
+}
 
 // userServer implements user.User.
 type userServer struct {
