@@ -8,12 +8,14 @@
 //!
 //! - As a server, it is started like the `test-server` binary, with [`ServerProcess`]:
 //!   `switchboard-peer --name N --port P [flags]` serves `user.User` (`GetUserInfo`,
-//!   `WatchEvents`) and `grpc.health.v1`, prints `listening 127.0.0.1:P`, and leaves gracefully on
-//!   SIGTERM. Each reply's `username` is `conn=C peak=K`: the server's number for the connection
+//!   `WatchEvents`, `Upload`, `Chat`; gzip accepted) and `grpc.health.v1`, prints
+//!   `listening 127.0.0.1:P` and then what it sees (`cancelled METHOD`, `compressed …`: the list
+//!   is in `main.go`), and leaves gracefully on SIGTERM. Each reply's `username` is `conn=C peak=K`: the server's number for the connection
 //!   the call came over and the most calls it has had in flight at once. Flags:
 //!   `--max-connection-age D`, `--max-connection-age-grace D`, `--max-concurrent-streams N`,
 //!   `--keepalive-min-time D` (enforcement policy, `PermitWithoutStream: false`), `--not-serving`
-//!   (SIGUSR1 flips it: [`ServerProcess::flip_health`]), `--delay D`, and `--etcd HOSTS --target T
+//!   (SIGUSR1 flips it: [`ServerProcess::flip_health`]), `--delay D`, `--stall` (`GetUserInfo`
+//!   sends its headers and then nothing), and `--etcd HOSTS --target T
 //!   [--lease-ttl S]`: register with etcd's own `endpoints.Manager` under `T/ADDR`, with a lease
 //!   kept alive, deleted and revoked on SIGTERM.
 //! - As a client, [`GoClient`] runs `switchboard-peer call`: a grpc-go `ClientConn` on
