@@ -5,7 +5,7 @@
 //! 127.0.0.1, runs each scenario for a bounded time and prints a markdown table: every measure
 //! with its goal, met or missed, then the absolute medians of each contender. `--quick` runs
 //! shorter rounds and fewer trials (about a minute); `--only PART` runs one part (`overhead`,
-//! `features`, `slow`, `kill`, `stop`, `membership`, `scale`).
+//! `features`, `instructions`, `slow`, `kill`, `stop`, `membership`, `scale`).
 //!
 //! - **Overhead**: switchboard (round-robin, p2c) over one server ÷ a direct tonic `Channel`,
 //!   concurrency 1 and 64: RPS, p50, p99, client CPU per RPC.
@@ -14,6 +14,9 @@
 //! - **Features**: the CPU per RPC of the facade's deadline and retry layer (which keeps
 //!   requests to send them again), each on and off, ÷ the balancer under it alone; unary calls
 //!   and client streams.
+//! - **Instructions**: client instructions per unary RPC under callgrind (tonic `Channel`, the
+//!   balancer alone, the facade with its deadline and retries on and off): a figure the
+//!   machine's load does not move.
 //! - **Slow instance**: one of three answers 50 ms late; p99 of each contender.
 //! - **Membership**: an etcd PUT until the new instance serves, a DELETE until the last RPC
 //!   sent to it.
@@ -31,6 +34,7 @@ mod background;
 mod compare;
 mod costs;
 mod faults;
+mod instructions;
 mod limits;
 mod load;
 mod membership;
@@ -47,7 +51,7 @@ use crate::servers::Placement;
 
 /// The command line.
 const USAGE: &str =
-    "usage: switchboard-bench [--quick] [--only overhead|features|slow|kill|stop|membership|scale]";
+    "usage: switchboard-bench [--quick] [--only overhead|features|instructions|slow|kill|stop|membership|scale]";
 
 /// How long each part of the suite runs.
 #[derive(Clone, Debug)]
@@ -111,6 +115,9 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("serve") {
         return servers::serve(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("instructions") {
+        return instructions::child(&args[1..]);
     }
     let mut quick = false;
     let mut only = None;
@@ -176,6 +183,10 @@ async fn run(place: &Placement, settings: &Settings) -> Result<Report> {
     if settings.runs("features") {
         let r = costs::features(place, settings, &mut report).await;
         noted(&mut report, "features", r);
+    }
+    if settings.runs("instructions") {
+        let r = instructions::count(place, &mut report).await;
+        noted(&mut report, "instructions", r);
     }
     if settings.runs("slow") {
         let r = compare::slow_instance(place, settings, &mut report).await;
