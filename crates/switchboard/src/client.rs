@@ -10,7 +10,6 @@ use switchboard_balancer::{Balancer, ConnectBackoff, MessageLimits, ResponseFutu
 use switchboard_resolver::{
     EtcdConfig, EtcdResolver, EtcdTls, Resolution, Resolve, StaticResolver,
 };
-use tonic::Status;
 
 use crate::config::{ClientConfig, Compression, ThrottlingSection};
 use crate::error::Error;
@@ -378,20 +377,11 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
         let balancer = self.balancer.clone();
         let buffer = self.buffer;
         let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
-        let call: ResponseFuture = Box::pin(async move {
+        // No timer here: each attempt carries what is left of the deadline in its
+        // `grpc-timeout`, which the balancer enforces from the pick to the trailers, and no
+        // retry or hedge starts past it.
+        Box::pin(async move {
             retry::call(&policy, balancer, request, deadline, buffer, max_request).await
-        });
-        match timeout {
-            None => call,
-            Some(t) => Box::pin(async move {
-                match tokio::time::timeout(t, call).await {
-                    Ok(result) => result,
-                    Err(_) => Err(Status::deadline_exceeded(format!(
-                        "deadline of {t:?} exceeded before the response headers arrived"
-                    ))
-                    .into()),
-                }
-            }),
-        }
+        })
     }
 }
