@@ -42,8 +42,14 @@ const CONTENDERS: [(&str, Made); 6] = [
         "facade, deadline 2 s, retries off",
         Made::Facade("Retry: {MaxAttempts: 1}\n"),
     ),
-    ("facade, deadline off, retries on", Made::Facade("Timeout: 0\n")),
-    ("facade, defaults (deadline 2 s, retries on)", Made::Facade("")),
+    (
+        "facade, deadline off, retries on",
+        Made::Facade("Timeout: 0\n"),
+    ),
+    (
+        "facade, defaults (deadline 2 s, retries on)",
+        Made::Facade(""),
+    ),
 ];
 
 /// The child: contender `INDEX` sends `WARMUP` and then `N` RPCs to `ADDR`, one at a time.

@@ -50,8 +50,7 @@ use crate::report::Report;
 use crate::servers::Placement;
 
 /// The command line.
-const USAGE: &str =
-    "usage: switchboard-bench [--quick] [--only overhead|features|instructions|slow|kill|stop|membership|scale]";
+const USAGE: &str = "usage: switchboard-bench [--quick] [--only overhead|features|instructions|slow|kill|stop|membership|scale]";
 
 /// How long each part of the suite runs.
 #[derive(Clone, Debug)]
