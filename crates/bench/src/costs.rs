@@ -31,22 +31,8 @@ pub(crate) async fn features(
         ("deadline off, retries on", "Timeout: 0\n"),
         ("defaults: deadline 2 s, retries on", ""),
     ];
-    let mut callers = Vec::new();
-    for (name, config) in unary {
-        callers.push((name, Caller::facade(config, addr, Rpc::Unary).await?));
-    }
-    let alone = callers[0]
-        .1
-        .balancer_alone(Rpc::Unary)
-        .context("a switchboard caller has a balancer")?;
-    let mut contenders: Vec<(&str, &Caller)> = vec![("balancer alone", &alone)];
-    contenders.extend(callers.iter().map(|(n, c)| (*n, c)));
-    contenders.push(("balancer alone (A/A)", &alone));
-    eprintln!("costs, unary, 1 server, concurrency {CONCURRENCY}");
-    let s = alternate(&contenders, CONCURRENCY, settings, false).await?;
-    rows(report, "features, unary, 1 server, c=64", &contenders, &s);
-    drop((callers, alone));
-
+    let scenario = "features, unary, 1 server, c=64";
+    compare(addr, Rpc::Unary, &unary, scenario, settings, report).await?;
     let streams = [
         // A 0-byte buffer sends each stream once, unrecorded.
         (
@@ -55,22 +41,34 @@ pub(crate) async fn features(
         ),
         ("retries on, streams kept (defaults)", "Timeout: 0\n"),
     ];
+    let scenario =
+        format!("features, client streams of {UPLOAD_CHUNKS} × {UPLOAD_CHUNK} B, 1 server, c=64");
+    compare(addr, Rpc::Upload, &streams, &scenario, settings, report).await
+}
+
+/// The facade with each of `configs` (name, YAML) beside the balancer alone, sending `rpc`s.
+async fn compare(
+    addr: std::net::SocketAddr,
+    rpc: Rpc,
+    configs: &[(&str, &str)],
+    scenario: &str,
+    settings: &Settings,
+    report: &mut Report,
+) -> Result<()> {
     let mut callers = Vec::new();
-    for (name, config) in streams {
-        callers.push((name, Caller::facade(config, addr, Rpc::Upload).await?));
+    for (name, config) in configs {
+        callers.push((*name, Caller::facade(config, addr, rpc).await?));
     }
     let alone = callers[0]
         .1
-        .balancer_alone(Rpc::Upload)
+        .balancer_alone(rpc)
         .context("a switchboard caller has a balancer")?;
     let mut contenders: Vec<(&str, &Caller)> = vec![("balancer alone", &alone)];
     contenders.extend(callers.iter().map(|(n, c)| (*n, c)));
     contenders.push(("balancer alone (A/A)", &alone));
-    eprintln!("costs, client streams, 1 server, concurrency {CONCURRENCY}");
+    eprintln!("{scenario}");
     let s = alternate(&contenders, CONCURRENCY, settings, false).await?;
-    let scenario =
-        format!("features, client streams of {UPLOAD_CHUNKS} × {UPLOAD_CHUNK} B, 1 server, c=64");
-    rows(report, &scenario, &contenders, &s);
+    rows(report, scenario, &contenders, &s);
     Ok(())
 }
 

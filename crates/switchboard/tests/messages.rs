@@ -2,7 +2,7 @@
 //! both ways, from the config and per method from the service config; gzip compression; and
 //! the `:authority` override.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
 use switchboard::{Client, ClientConfig};
@@ -45,14 +45,7 @@ fn login(username: String) -> LoginRequest {
 
 /// Waits, at most 10 s, until the server has no streaming call open.
 async fn all_closed(server: &TestServer) -> Result<()> {
-    let start = Instant::now();
-    while server.open_streams() > 0 {
-        if start.elapsed() > Duration::from_secs(10) {
-            bail!("{} streams still open on the server", server.open_streams());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
+    server.streams_closed(Duration::from_secs(10)).await
 }
 
 fn expect_exhausted<T: std::fmt::Debug>(

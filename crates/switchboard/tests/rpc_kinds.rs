@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Result, ensure};
 use switchboard::{Client, ClientConfig, Streaming};
 use switchboard_testkit::TestServer;
 use switchboard_testkit::proto::user::user_client::UserClient;
@@ -22,14 +22,7 @@ async fn client(server: &TestServer) -> Result<Client> {
 
 /// Waits, at most 10 s, until the server has no streaming call open.
 async fn all_closed(server: &TestServer) -> Result<()> {
-    let start = Instant::now();
-    while server.open_streams() > 0 {
-        if start.elapsed() > Duration::from_secs(10) {
-            bail!("{} streams still open on the server", server.open_streams());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
+    server.streams_closed(Duration::from_secs(10)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

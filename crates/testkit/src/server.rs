@@ -45,7 +45,7 @@ struct Shared {
     connections: AtomicUsize,
     next_id: AtomicI64,
     /// Streaming calls not yet finished or cancelled.
-    open_streams: AtomicUsize,
+    open_streams: watch::Sender<usize>,
     /// The `user-agent` of the last `GetUserInfo` call.
     user_agent: std::sync::Mutex<Option<String>>,
     /// The `:authority` and `grpc-encoding` of the last `Login` call.
@@ -223,7 +223,21 @@ impl TestServer {
     /// How many streaming calls (`WatchEvents`, `Upload`, `Chat`) are open now: one ends when
     /// it completes or when the client cancels it (an HTTP/2 reset).
     pub fn open_streams(&self) -> usize {
-        self.shared.open_streams.load(Ordering::Relaxed)
+        *self.shared.open_streams.borrow()
+    }
+
+    /// Waits, at most `limit`, until no streaming call is open on it (each finished or
+    /// cancelled); the error says how many still are.
+    pub async fn streams_closed(&self, limit: Duration) -> Result<()> {
+        let mut open = self.shared.open_streams.subscribe();
+        match tokio::time::timeout(limit, open.wait_for(|n| *n == 0)).await {
+            Ok(_) => Ok(()),
+            Err(_) => anyhow::bail!(
+                "{} streaming calls still open on {} after {limit:?}",
+                self.open_streams(),
+                self.name
+            ),
+        }
     }
 
     /// The `user-agent` of the last `GetUserInfo` call, if it had one.
@@ -580,14 +594,14 @@ struct OpenStream(Arc<Shared>);
 
 impl OpenStream {
     fn new(shared: Arc<Shared>) -> Self {
-        shared.open_streams.fetch_add(1, Ordering::Relaxed);
+        shared.open_streams.send_modify(|n| *n += 1);
         Self(shared)
     }
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.open_streams.fetch_sub(1, Ordering::Relaxed);
+        self.0.open_streams.send_modify(|n| *n -= 1);
     }
 }
 
