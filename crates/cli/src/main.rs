@@ -70,17 +70,23 @@ struct EtcdArgs {
     /// Seconds to wait for etcd before giving up.
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     timeout: f64,
-    /// etcd user name.
-    #[arg(long, requires = "password")]
+    /// etcd user name (its password from `SWITCHBOARD_ETCD_PASSWORD`, `--password-file` or
+    /// `--password`).
+    #[arg(long)]
     user: Option<String>,
-    /// etcd password.
+    /// etcd password; better from the environment (`SWITCHBOARD_ETCD_PASSWORD`) or a file,
+    /// which other users cannot read in the process list.
     #[arg(
         long,
         requires = "user",
         env = "SWITCHBOARD_ETCD_PASSWORD",
-        hide_env_values = true
+        hide_env_values = true,
+        conflicts_with = "password_file"
     )]
     password: Option<String>,
+    /// A file whose first line is the etcd password.
+    #[arg(long, value_name = "FILE", requires = "user")]
+    password_file: Option<PathBuf>,
     /// CA certificate (PEM) to verify etcd's certificate; turns TLS on.
     #[arg(long, value_name = "FILE")]
     cacert: Option<PathBuf>,
@@ -104,13 +110,29 @@ impl EtcdArgs {
             .context("--timeout must be a positive number of seconds")
     }
 
+    /// The password of `--user`: `--password` (or its environment variable), else the first
+    /// line of `--password-file`.
+    fn password(&self) -> Result<String> {
+        if let Some(password) = &self.password {
+            return Ok(password.clone());
+        }
+        let Some(file) = &self.password_file else {
+            anyhow::bail!(
+                "--user needs a password: SWITCHBOARD_ETCD_PASSWORD, --password-file or --password"
+            );
+        };
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the etcd password from {}", file.display()))?;
+        Ok(text.lines().next().unwrap_or_default().to_owned())
+    }
+
     fn config(&self) -> Result<EtcdConfig> {
         let timeout = self.timeout()?;
         let mut config = EtcdConfig::from_hosts(&self.etcd)?
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .request_timeout(timeout.min(Duration::from_secs(5)));
-        if let (Some(user), Some(password)) = (&self.user, &self.password) {
-            config = config.user(user, password);
+        if let Some(user) = &self.user {
+            config = config.user(user, self.password()?);
         }
         if self.cacert.is_some() || self.cert.is_some() {
             let tls = EtcdTls::from_files(

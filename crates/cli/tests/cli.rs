@@ -263,6 +263,62 @@ fn unreachable_etcd_fails_within_the_timeout() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn resolve_takes_the_etcd_password_from_the_environment_or_a_file() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let mut admin = etcd.client().await?;
+    admin.user_add("root", "s3cret", None).await?;
+    admin.user_grant_role("root", "root").await?;
+    admin.auth_enable().await?;
+    let mut root = etcd_client::Client::connect(
+        [etcd.endpoint(0)],
+        Some(etcd_client::ConnectOptions::new().with_user("root", "s3cret")),
+    )
+    .await?;
+    root.put("auth.rpc/1", "127.0.0.1:9500", None).await?;
+    let dir = switchboard_testkit::temp_dir("clipassword")?;
+    let (right, wrong) = (dir.path().join("right"), dir.path().join("wrong"));
+    std::fs::write(&right, "s3cret\n")?;
+    std::fs::write(&wrong, "guess\n")?;
+    let resolve = |extra: &[&str], env: Option<&str>| -> Result<(bool, String, String)> {
+        let mut cmd = switchboard();
+        cmd.args([
+            "resolve",
+            "--etcd",
+            &etcd.hosts(),
+            "--key",
+            "auth.rpc",
+            "--timeout",
+            "3",
+        ])
+        .args(extra)
+        .env_remove("SWITCHBOARD_ETCD_PASSWORD");
+        if let Some(password) = env {
+            cmd.env("SWITCHBOARD_ETCD_PASSWORD", password);
+        }
+        let out = cmd.output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8(out.stdout)?,
+            String::from_utf8(out.stderr)?,
+        ))
+    };
+    let listed = "auth.rpc/1 127.0.0.1:9500\n";
+    let file = right.to_string_lossy();
+    let (ok, out, err) = resolve(&["--user", "root", "--password-file", &file], None)?;
+    assert!(ok && out == listed, "{out} {err}");
+    let (ok, out, err) = resolve(&["--user", "root"], Some("s3cret"))?;
+    assert!(ok && out == listed, "{out} {err}");
+    let (ok, _, err) = resolve(&["--user", "root"], None)?;
+    assert!(!ok && err.contains("--user needs a password"), "{err}");
+    let file = wrong.to_string_lossy();
+    let (ok, _, err) = resolve(&["--user", "root", "--password-file", &file], None)?;
+    assert!(!ok && err.contains("authentication failed"), "{err}");
+    // Neither password shows in what it printed.
+    assert!(!err.contains("guess") && !err.contains("s3cret"), "{err}");
+    Ok(())
+}
+
 /// `switchboard resolve --key KEY` against `etcd`: its `KEY ADDR` lines.
 fn resolved(etcd: &Etcd, key: &str) -> Result<Vec<String>> {
     let out = switchboard()

@@ -210,8 +210,8 @@ impl Compression {
     }
 }
 
-/// go-zero's `Etcd` section.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+/// go-zero's `Etcd` section. Its `Debug` output leaves the password out.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct EtcdSection {
@@ -242,6 +242,22 @@ pub struct EtcdSection {
     /// The registration format: `auto` (default), `plain`, `etcd-naming`, `kratos`, `go-micro`.
     #[serde(default, alias = "format", deserialize_with = "format")]
     pub format: Format,
+}
+
+impl std::fmt::Debug for EtcdSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSection")
+            .field("hosts", &self.hosts)
+            .field("key", &self.key)
+            .field("user", &self.user)
+            .field("pass", &self.pass.as_ref().map(|_| "<redacted>"))
+            .field("cert_file", &self.cert_file)
+            .field("cert_key_file", &self.cert_key_file)
+            .field("ca_cert_file", &self.ca_cert_file)
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .field("format", &self.format)
+            .finish()
+    }
 }
 
 /// Connection backoff settings.

@@ -32,6 +32,11 @@ Middlewares:
     assert_eq!(config.keepalive_time, Some(Duration::from_secs(20)));
     assert_eq!(config.policy, Policy::RoundRobin);
     assert_eq!(config.service_name(), "user.rpc");
+    // The password is kept, and never shown.
+    assert_eq!(etcd.pass.as_deref(), Some("secret"));
+    let shown = format!("{config:?} {config:#?}");
+    assert!(!shown.contains("secret"), "{shown}");
+    assert!(shown.contains("<redacted>"));
 }
 
 #[test]
