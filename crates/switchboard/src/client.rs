@@ -189,13 +189,26 @@ impl Client {
                 min_connect_timeout: b.min_connect_timeout.unwrap_or(d.min_connect_timeout),
             });
         }
+        // go-zero's per-RPC credential: the `app` and `token` metadata.
+        let credential = match (&config.app, &config.token) {
+            (Some(app), Some(token)) => Some(Arc::new((
+                HeaderValue::from_str(app).map_err(|_| Error::config("App: not a header value"))?,
+                HeaderValue::from_str(token.expose())
+                    .map_err(|_| Error::config("Token: not a header value"))?,
+            ))),
+            _ => None,
+        };
+        let timeout = match config.middlewares.as_ref().and_then(|m| m.timeout) {
+            Some(false) => None,
+            _ => config.timeout.filter(|t| !t.is_zero()),
+        };
         let balancer = builder
             .build(resolution)
             .map_err(|e| Error::config("invalid client settings").with_source(e))?;
         Ok(Self {
             channel: Channel {
                 balancer,
-                timeout: config.timeout.filter(|t| !t.is_zero()),
+                timeout,
                 stream_timeout: config.stream_timeout,
                 streaming: config.streaming_methods.clone().into(),
                 retry,
@@ -207,6 +220,7 @@ impl Client {
                     .unwrap_or(retry::DEFAULT_RETRY_BUFFER),
                 limits,
                 compression: config.compression,
+                credential,
             },
         })
     }
@@ -293,6 +307,8 @@ pub struct Channel {
     limits: MessageLimits,
     /// How typed clients compress their requests.
     compression: Option<Compression>,
+    /// go-zero's `App` and `Token`, sent with every RPC.
+    credential: Option<Arc<(HeaderValue, HeaderValue)>>,
 }
 
 impl Channel {
@@ -348,6 +364,13 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
         if let (Some(t), true) = (timeout, send) {
             if let Ok(v) = HeaderValue::from_str(&format!("{}m", t.as_millis().min(99_999_999))) {
                 request.headers_mut().insert("grpc-timeout", v);
+            }
+        }
+        if let Some(credential) = &self.credential {
+            let headers = request.headers_mut();
+            if !headers.contains_key("app") {
+                headers.insert("app", credential.0.clone());
+                headers.insert("token", credential.1.clone());
             }
         }
         if let Some(wait) = method.and_then(|m| m.wait_for_ready) {

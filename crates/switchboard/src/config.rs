@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use switchboard_balancer::Policy;
 use switchboard_balancer::{FailurePercentageEjection, OutlierDetection, SuccessRateEjection};
 use switchboard_resolver::Format;
@@ -181,15 +180,67 @@ pub struct ClientConfig {
     /// [`crate::service_config`].
     #[serde(default, alias = "service_config")]
     pub service_config: Option<String>,
-    /// go-zero's `App`, `Token` and `Middlewares`: accepted and not used.
+    /// go-zero's `App`: with `Token`, sent with every RPC as the `app` and `token` metadata,
+    /// as go-zero's client sends them, for go-zero servers with `Auth: true`.
     #[serde(default, alias = "app")]
-    pub app: Option<IgnoredAny>,
-    /// See [`ClientConfig::app`].
+    pub app: Option<String>,
+    /// go-zero's `Token` (see [`ClientConfig::app`]); never shown by `Debug`.
     #[serde(default, alias = "token")]
-    pub token: Option<IgnoredAny>,
-    /// See [`ClientConfig::app`].
+    pub token: Option<Secret>,
+    /// go-zero's `BalancerName`: `p2c_ewma` (go-zero's default) is `p2c_peak_ewma`,
+    /// `consistent_hash` is `ring_hash`, and any `Policy` name is itself. It sets `Policy`.
+    #[serde(default, alias = "balancer_name")]
+    pub balancer_name: Option<String>,
+    /// go-zero's client `Middlewares`.
     #[serde(default, alias = "middlewares")]
-    pub middlewares: Option<IgnoredAny>,
+    pub middlewares: Option<MiddlewaresSection>,
+}
+
+/// A secret of the config (a token): kept as given, never shown by `Debug`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A secret holding `value`.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// go-zero's client `Middlewares` (each `true` unless set, as in go-zero).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MiddlewaresSection {
+    /// `Timeout: false` turns the default deadline (`Timeout`) off: a call has only the
+    /// deadline it sets itself, or its method's.
+    #[serde(default, alias = "timeout")]
+    pub timeout: Option<bool>,
+    /// go-zero's tracing interceptor: accepted; switchboard records spans with `tracing`.
+    #[serde(default, alias = "trace")]
+    pub trace: Option<bool>,
+    /// go-zero's slow-call logging: accepted.
+    #[serde(default, alias = "duration")]
+    pub duration: Option<bool>,
+    /// go-zero's Prometheus interceptor: accepted; switchboard's metrics go through the
+    /// `metrics` facade, to whatever recorder the program installs.
+    #[serde(default, alias = "prometheus")]
+    pub prometheus: Option<bool>,
+    /// go-zero's client breaker: accepted.
+    #[serde(default, alias = "breaker")]
+    pub breaker: Option<bool>,
 }
 
 /// How typed clients compress their requests (`Compression`).
@@ -221,6 +272,10 @@ pub struct EtcdSection {
     /// The service's key prefix.
     #[serde(alias = "key")]
     pub key: String,
+    /// go-zero's `ID`: the lease-independent id a go-zero server registers under
+    /// (`Key/ID`); a client reads every key under `Key` and needs none.
+    #[serde(default, rename = "ID", alias = "id")]
+    pub id: Option<i64>,
     /// User name, for etcd with authentication.
     #[serde(default, alias = "user")]
     pub user: Option<String>,
@@ -249,6 +304,7 @@ impl std::fmt::Debug for EtcdSection {
         f.debug_struct("EtcdSection")
             .field("hosts", &self.hosts)
             .field("key", &self.key)
+            .field("id", &self.id)
             .field("user", &self.user)
             .field("pass", &self.pass.as_ref().map(|_| "<redacted>"))
             .field("cert_file", &self.cert_file)
@@ -610,6 +666,7 @@ impl Default for ClientConfig {
             service_config: None,
             app: None,
             token: None,
+            balancer_name: None,
             middlewares: None,
         }
     }
@@ -718,7 +775,42 @@ impl ClientConfig {
     }
 
     /// [`Self::validated`] but for the source of instances.
-    pub(crate) fn validated_settings(self) -> Result<Self, Error> {
+    pub(crate) fn validated_settings(mut self) -> Result<Self, Error> {
+        if self.app.is_some() != self.token.is_some() {
+            return Err(Error::config(
+                "App and Token: set both or neither (go-zero sends them together)",
+            ));
+        }
+        for (field, value) in [
+            ("App", self.app.as_deref()),
+            ("Token", self.token.as_ref().map(Secret::expose)),
+        ] {
+            if value.is_some_and(|v| http::HeaderValue::from_str(v).is_err() || v.is_empty()) {
+                return Err(Error::config(format!(
+                    "{field}: must be non-empty visible ASCII (it is sent as metadata)"
+                )));
+            }
+        }
+        if let Some(name) = &self.balancer_name {
+            let policy = match name.as_str() {
+                "p2c_ewma" => Policy::P2cPeakEwma,
+                "consistent_hash" => Policy::RingHash,
+                other => other.parse().map_err(|_| {
+                    Error::config(format!(
+                        "BalancerName: {other:?} is not a balancer: p2c_ewma, consistent_hash, \
+                         round_robin, pick_first, p2c, p2c_peak_ewma, weighted_round_robin, \
+                         least_request, ring_hash"
+                    ))
+                })?,
+            };
+            if self.policy != Policy::default() && self.policy != policy {
+                return Err(Error::config(format!(
+                    "BalancerName {name:?} and Policy {} disagree: set one",
+                    self.policy
+                )));
+            }
+            self.policy = policy;
+        }
         if let Some(etcd) = &self.etcd {
             if etcd.hosts.is_empty() {
                 return Err(Error::config("Etcd.Hosts: lists no etcd member"));

@@ -183,3 +183,70 @@ fn balancing_sections_read_and_bad_values_name_the_field() {
         assert!(e.contains(message), "{yaml}: {e}");
     }
 }
+
+#[test]
+fn go_zeros_current_client_fields_read_as_go_zero_means_them() {
+    // A gateway's RpcClientConf as today's go-zero documents it, every field set.
+    let config = ClientConfig::from_yaml(
+        "
+Etcd:
+  Hosts:
+    - 127.0.0.1:2379
+  Key: user.rpc
+  ID: 3
+  User: root
+  Pass: secret
+App: gateway
+Token: 6jKNZbEpYGeUMAifz10gOnmoty3TV
+NonBlock: true
+Timeout: 2000
+KeepaliveTime: 20s
+BalancerName: p2c_ewma
+Middlewares:
+  Trace: true
+  Duration: true
+  Prometheus: true
+  Breaker: true
+  Timeout: false
+",
+    )
+    .expect("valid");
+    assert_eq!(config.etcd.as_ref().and_then(|e| e.id), Some(3));
+    assert_eq!(config.policy, Policy::P2cPeakEwma);
+    assert_eq!(config.app.as_deref(), Some("gateway"));
+    assert_eq!(
+        config.token.as_ref().map(Secret::expose),
+        Some("6jKNZbEpYGeUMAifz10gOnmoty3TV")
+    );
+    assert_eq!(
+        config.middlewares.as_ref().and_then(|m| m.timeout),
+        Some(false)
+    );
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("6jKNZbEpYGeUMAifz10gOnmoty3TV") && !shown.contains("secret"));
+
+    let with = |extra: &str| ClientConfig::from_yaml(&format!("Endpoints: [h:1]\n{extra}\n"));
+    assert_eq!(
+        with("BalancerName: consistent_hash").map(|c| c.policy).ok(),
+        Some(Policy::RingHash)
+    );
+    assert_eq!(
+        with("BalancerName: round_robin\nPolicy: round_robin")
+            .map(|c| c.policy)
+            .ok(),
+        Some(Policy::RoundRobin)
+    );
+    for (extra, says) in [
+        (
+            "BalancerName: p2c_ewmaa",
+            "BalancerName: \"p2c_ewmaa\" is not a balancer: p2c_ewma",
+        ),
+        ("BalancerName: p2c_ewma\nPolicy: pick_first", "disagree"),
+        ("App: gateway", "App and Token: set both or neither"),
+        ("App: gateway\nToken: \"\"", "Token: must be non-empty"),
+        ("Middlewares: {Timeoutt: false}", "unknown field `Timeoutt`"),
+    ] {
+        let e = with(extra).expect_err(extra).to_string();
+        assert!(e.contains(says), "{extra}: {e}");
+    }
+}
