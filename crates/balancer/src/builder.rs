@@ -65,6 +65,7 @@ pub struct Builder {
     max_pending: usize,
     limits: MessageLimits,
     authority: Option<String>,
+    slow_call: Option<Duration>,
 }
 
 /// How many calls wait at most for a free stream when every instance's peer has reached its
@@ -126,6 +127,7 @@ impl Default for Builder {
             max_pending: DEFAULT_MAX_PENDING_CALLS,
             limits: MessageLimits::default(),
             authority: None,
+            slow_call: None,
         }
     }
 }
@@ -336,6 +338,17 @@ impl Builder {
         self
     }
 
+    /// Logs the end of every call whose response came (its headers without a status), as
+    /// go-zero's duration interceptor does: failed at ERROR (`[RPC] fail`, with its instance,
+    /// method, duration and status code), succeeded but slower than `threshold` at WARN
+    /// (`[RPC] ok - slowcall`); go-zero's threshold is 500 ms. A call that fails before a
+    /// response (a status alone, or no answer) is not logged here: its caller may send it again
+    /// and knows the outcome (`switchboard::Channel` logs it). Off unless set.
+    pub fn call_log(mut self, threshold: Option<Duration>) -> Self {
+        self.slow_call = threshold;
+        self
+    }
+
     /// Starts the balancer on `resolver`'s instances. Must be called within a tokio runtime.
     pub fn build_from(self, resolver: &impl Resolve) -> Result<Balancer, Error> {
         self.build(resolver.resolve())
@@ -406,6 +419,7 @@ impl Builder {
             max_pending: self.max_pending,
             limits: self.limits,
             authority,
+            slow_call: self.slow_call,
             _close: close,
         })))
     }

@@ -31,7 +31,7 @@ enum Made {
     Facade(&'static str),
 }
 
-const CONTENDERS: [(&str, Made); 6] = [
+const CONTENDERS: [(&str, Made); 7] = [
     ("tonic Channel", Made::Tonic),
     ("switchboard balancer alone", Made::Balancer),
     (
@@ -49,6 +49,10 @@ const CONTENDERS: [(&str, Made); 6] = [
     (
         "facade, defaults (deadline 2 s, retries on)",
         Made::Facade(""),
+    ),
+    (
+        "facade, defaults, call log off",
+        Made::Facade("Middlewares: {Duration: false}\n"),
     ),
 ];
 

@@ -167,6 +167,11 @@ impl Client {
         builder = builder
             .max_request_message_bytes(limits.request)
             .max_response_message_bytes(limits.response);
+        // go-zero's duration interceptor, on unless turned off, with its 500 ms threshold.
+        let call_log = config.middlewares.as_ref().and_then(|m| m.duration) != Some(false);
+        if call_log {
+            builder = builder.call_log(Some(SLOW_CALL));
+        }
         if let Some(authority) = &config.authority {
             builder = builder.authority(authority.clone());
         }
@@ -221,6 +226,7 @@ impl Client {
                 limits,
                 compression: config.compression,
                 credential,
+                call_log,
             },
         })
     }
@@ -277,6 +283,9 @@ fn resolve(config: &ClientConfig) -> Result<Resolution, Error> {
         .map_err(|e| Error::config("Endpoints").with_source(e))
 }
 
+/// Past this, a successful call is logged as slow (go-zero's threshold).
+const SLOW_CALL: Duration = Duration::from_millis(500);
+
 /// What typed clients run over: the balanced channel plus the client's default deadline.
 ///
 /// An RPC without its own deadline gets the default one (`Timeout`), sent to the server as
@@ -309,6 +318,8 @@ pub struct Channel {
     compression: Option<Compression>,
     /// go-zero's `App` and `Token`, sent with every RPC.
     credential: Option<Arc<(HeaderValue, HeaderValue)>>,
+    /// Whether RPCs that fail without a response are logged (the balancer logs the others).
+    call_log: bool,
 }
 
 impl Channel {
@@ -399,12 +410,57 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
             .unwrap_or_else(|| self.retry.clone());
         let balancer = self.balancer.clone();
         let buffer = self.buffer;
-        let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
+        // One clock read, for the deadline and the call log.
+        let now = (timeout.is_some() || self.call_log).then(tokio::time::Instant::now);
+        let deadline = timeout.and_then(|t| now?.checked_add(t));
         // No timer here: each attempt carries what is left of the deadline in its
         // `grpc-timeout`, which the balancer enforces from the pick to the trailers, and no
         // retry or hedge starts past it.
+        let log = match (self.call_log, now, request.uri().path_and_query()) {
+            (true, Some(now), Some(path)) => Some((path.clone(), now)),
+            _ => None,
+        };
         Box::pin(async move {
-            retry::call(&policy, balancer, request, deadline, buffer, max_request).await
+            let result =
+                retry::call(&policy, balancer, request, deadline, buffer, max_request).await;
+            if let Some((path, started)) = log {
+                log_failure(&result, path.path(), started.elapsed());
+            }
+            result
         })
+    }
+}
+
+/// Logs an RPC that ended without a response, as go-zero's duration interceptor does
+/// (`[RPC] fail` at ERROR): its status, or the status in a trailers-only response.
+fn log_failure(
+    result: &Result<
+        http::Response<switchboard_balancer::ResponseBody>,
+        switchboard_balancer::BoxError,
+    >,
+    method: &str,
+    elapsed: Duration,
+) {
+    match result {
+        Ok(response) => {
+            let status = response.headers().get("grpc-status");
+            if let Some(code) = status.filter(|c| c.as_bytes() != b"0") {
+                let code = tonic::Code::from_bytes(code.as_bytes());
+                tracing::error!(method, ?elapsed, ?code, "[RPC] fail");
+            }
+        }
+        Err(error) => match error.downcast_ref::<tonic::Status>() {
+            Some(status) => {
+                let code = status.code();
+                tracing::error!(
+                    method,
+                    ?elapsed,
+                    ?code,
+                    message = status.message(),
+                    "[RPC] fail"
+                );
+            }
+            None => tracing::error!(method, ?elapsed, %error, "[RPC] fail"),
+        },
     }
 }

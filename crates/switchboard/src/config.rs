@@ -231,7 +231,9 @@ pub struct MiddlewaresSection {
     /// go-zero's tracing interceptor: accepted; switchboard records spans with `tracing`.
     #[serde(default, alias = "trace")]
     pub trace: Option<bool>,
-    /// go-zero's slow-call logging: accepted.
+    /// go-zero's call log, on unless `false`: every failed call logged at ERROR (`[RPC] fail`,
+    /// with its instance, method, duration and status code), every call slower than 500 ms at
+    /// WARN (`[RPC] ok - slowcall`).
     #[serde(default, alias = "duration")]
     pub duration: Option<bool>,
     /// go-zero's Prometheus interceptor: accepted; switchboard's metrics go through the

@@ -1,7 +1,11 @@
 //! go-zero's client fields doing what they do in go-zero, against real servers on 127.0.0.1:
 //! `App` and `Token` reach a server that authenticates as go-zero's `Auth: true` servers do,
-//! and `Middlewares: {Timeout: false}` takes the default deadline away.
+//! `Middlewares: {Timeout: false}` takes the default deadline away, and failed and slow calls
+//! are logged as go-zero's duration interceptor logs them unless `Duration: false`.
 
+mod flaky;
+
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
@@ -93,5 +97,90 @@ async fn middlewares_timeout_false_turns_the_default_deadline_off() -> Result<()
     .await?;
     let reply = call(untimed).await?.into_inner();
     ensure!(reply.instance == "slow", "{reply:?}");
+    Ok(())
+}
+
+/// Log lines written while `run` runs on this thread (a current-thread runtime runs every task
+/// of the test here).
+async fn logged<F: std::future::Future<Output = Result<()>>>(run: F) -> Result<String> {
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("not poisoned").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    run.await?;
+    drop(guard);
+    let text = String::from_utf8_lossy(&lines.0.lock().expect("not poisoned")).into_owned();
+    Ok(text)
+}
+
+#[tokio::test]
+async fn failed_and_slow_calls_are_logged_as_go_zeros_duration_interceptor_logs_them() -> Result<()>
+{
+    let seen = Arc::new(flaky::Seen::default());
+    let mut server = flaky::Flaky::new(&seen, 1, Code::NotFound);
+    server.delay = Duration::from_millis(600);
+    let addr = server.serve().await?;
+    let calls = |settings: &'static str| async move {
+        let client = client(&format!("Endpoints: [{addr}]\nTimeout: 10s\n{settings}")).await?;
+        let mut users = UserClient::new(client.channel());
+        // Whatever the answers, the log says what they were.
+        let _ = users.get_user_info(GetUserInfoRequest { id: 1 }).await;
+        let _ = users.get_user_info(GetUserInfoRequest { id: 2 }).await;
+        Ok(())
+    };
+    let text = logged(calls("")).await?;
+    let fail = text
+        .lines()
+        .find(|l| l.contains("[RPC] fail"))
+        .unwrap_or_default();
+    ensure!(
+        fail.contains("ERROR")
+            && fail.contains("/user.User/GetUserInfo")
+            && fail.contains("NotFound"),
+        "{text}"
+    );
+    let slow = text
+        .lines()
+        .find(|l| l.contains("[RPC] ok - slowcall"))
+        .unwrap_or_default();
+    ensure!(
+        slow.contains("WARN")
+            && slow.contains("/user.User/GetUserInfo")
+            && slow.contains(&addr.to_string()),
+        "{text}"
+    );
+    let quiet = logged(calls("Middlewares: {Duration: false}")).await?;
+    ensure!(!quiet.contains("[RPC]"), "{quiet}");
+
+    // A call whose first attempt failed and whose retry succeeded did not fail: no log.
+    let seen = Arc::new(flaky::Seen::default());
+    let addr = flaky::Flaky::new(&seen, 1, Code::Unavailable)
+        .serve()
+        .await?;
+    let retried = logged(async move {
+        let client = client(&format!("Endpoints: [{addr}]\n")).await?;
+        UserClient::new(client.channel())
+            .get_user_info(GetUserInfoRequest { id: 1 })
+            .await?;
+        Ok(())
+    })
+    .await?;
+    ensure!(seen.calls() == 2, "{} calls", seen.calls());
+    ensure!(!retried.contains("[RPC]"), "{retried}");
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::Parts;
+use http::uri::{Parts, PathAndQuery};
 use http::{HeaderMap, Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tonic::{Code, Status};
@@ -47,7 +47,17 @@ pub(super) async fn send_on(
     let mut call = Call {
         sub: Some(sub.clone()),
         started: started.unwrap_or_else(std::time::Instant::now),
+        log: None,
     };
+    // Only a committed call is logged here: an attempt that fails before its response is
+    // retried or reported by the caller, which logs the RPC's outcome.
+    let log = handle.slow_call.map(|threshold| {
+        let path = request.uri().path_and_query().cloned();
+        (
+            path.unwrap_or_else(|| PathAndQuery::from_static("/")),
+            threshold,
+        )
+    });
     let mut sender = conn.sender.clone();
     match sender.try_send_request(request).await {
         Ok(response) => {
@@ -56,8 +66,9 @@ pub(super) async fn send_on(
                 sub.rtt.observe(now - started, now);
             }
             // A trailers-only response carries its status in the headers.
-            if let Some(code) = grpc_status(response.headers()) {
-                call.end(Some(code));
+            match grpc_status(response.headers()) {
+                Some(code) => call.end(Some(code)),
+                None => call.log = log,
             }
             Ok(response.map(|inner| ResponseBody {
                 inner: Some(inner),
@@ -220,13 +231,25 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 struct Call {
     sub: Option<Arc<Shared>>,
     started: std::time::Instant,
+    /// With the call log on, once the response is committed: the method, and the time past
+    /// which a call is logged as slow.
+    log: Option<(PathAndQuery, Duration)>,
 }
 
 impl Call {
     /// Ends the RPC with its status code, or `None` if it was never sent.
     fn end(&mut self, code: Option<Code>) {
         if let Some(sub) = self.sub.take() {
-            sub.call_ended(code.map(|c| (c, self.started.elapsed())));
+            let elapsed = self.started.elapsed();
+            if let (Some((method, threshold)), Some(code)) = (&self.log, code) {
+                let method = method.as_str();
+                if code != Code::Ok {
+                    tracing::error!(instance = %sub.addr, method, ?elapsed, ?code, "[RPC] fail");
+                } else if elapsed > *threshold {
+                    tracing::warn!(instance = %sub.addr, method, ?elapsed, "[RPC] ok - slowcall");
+                }
+            }
+            sub.call_ended(code.map(|c| (c, elapsed)));
         }
     }
 }

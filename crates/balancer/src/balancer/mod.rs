@@ -77,6 +77,8 @@ pub(crate) struct Handle {
     pub(crate) limits: MessageLimits,
     /// The `:authority` of every request, instead of each instance's address.
     pub(crate) authority: Option<http::uri::Authority>,
+    /// With the call log on, the time past which a successful call is logged as slow.
+    pub(crate) slow_call: Option<Duration>,
     /// Dropped with the last handle: stops the worker.
     pub(crate) _close: tokio::sync::oneshot::Sender<()>,
 }
