@@ -48,6 +48,7 @@ pub struct Builder {
     drain_timeout: Duration,
     wait_for_ready: bool,
     rtt_decay: Duration,
+    metrics: bool,
     initial_stream_window: Option<u32>,
     initial_connection_window: Option<u32>,
     #[cfg(feature = "tls")]
@@ -110,6 +111,7 @@ impl Default for Builder {
             drain_timeout: Duration::from_secs(30),
             wait_for_ready: false,
             rtt_decay: Duration::from_secs(10),
+            metrics: true,
             initial_stream_window: None,
             initial_connection_window: None,
             #[cfg(feature = "tls")]
@@ -349,6 +351,15 @@ impl Builder {
         self
     }
 
+    /// Whether the balancer records its metrics through the `metrics` facade (on unless
+    /// turned off): picks, results, durations, sub-channel states, instances, resolver updates.
+    /// The per-instance figures [`crate::metrics::render_instances`] renders from snapshots
+    /// are there either way.
+    pub fn metrics(mut self, enabled: bool) -> Self {
+        self.metrics = enabled;
+        self
+    }
+
     /// Starts the balancer on `resolver`'s instances. Must be called within a tokio runtime.
     pub fn build_from(self, resolver: &impl Resolve) -> Result<Balancer, Error> {
         self.build(resolver.resolve())
@@ -455,6 +466,7 @@ impl Builder {
                 health_check: self.health_check.clone(),
             },
             rtt_decay: self.rtt_decay,
+            metrics: self.metrics,
         });
         let seed = self.seed.unwrap_or_else(rand::random);
         let core = Arc::new(std::sync::Mutex::new(Core::new(

@@ -13,4 +13,6 @@ pub(crate) struct Config {
     pub(crate) backoff: ConnectBackoff,
     pub(crate) subchannel: Settings,
     pub(crate) rtt_decay: Duration,
+    /// Whether the balancer records its metrics (through the `metrics` facade).
+    pub(crate) metrics: bool,
 }

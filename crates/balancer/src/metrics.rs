@@ -45,7 +45,8 @@ use crate::snapshot::{ChannelSnapshot, SubchannelSnapshot};
 
 /// The per-call metrics of one sub-channel, registered once.
 pub(crate) struct SubMetrics {
-    target: Arc<str>,
+    /// `None` with metrics off: nothing is recorded.
+    target: Option<Arc<str>>,
     picks: Counter,
     duration: Histogram,
     /// `switchboard_rpcs_total` per status code, registered on first use.
@@ -61,10 +62,18 @@ impl std::fmt::Debug for SubMetrics {
 }
 
 impl SubMetrics {
-    pub(crate) fn new(target: &str) -> Self {
+    pub(crate) fn new(target: &str, enabled: bool) -> Self {
+        if !enabled {
+            return Self {
+                target: None,
+                picks: Counter::noop(),
+                duration: Histogram::noop(),
+                results: Default::default(),
+            };
+        }
         let labels = [("target", target.to_owned())];
         Self {
-            target: target.into(),
+            target: Some(target.into()),
             picks: counter!("switchboard_picks_total", &labels),
             duration: histogram!("switchboard_rpc_duration_seconds", &labels),
             results: Default::default(),
@@ -78,13 +87,16 @@ impl SubMetrics {
 
     #[inline]
     pub(crate) fn ended(&self, code: Code, took: Duration) {
+        let Some(target) = &self.target else {
+            return;
+        };
         self.duration.record(took.as_secs_f64());
         let index = (code as i32).clamp(0, 16) as usize;
         self.results[index]
             .get_or_init(|| {
                 counter!(
                     "switchboard_rpcs_total",
-                    "target" => self.target.to_string(),
+                    "target" => target.to_string(),
                     "code" => code_name(code),
                 )
             })
@@ -92,37 +104,37 @@ impl SubMetrics {
     }
 
     pub(crate) fn transition(&self, state: &'static str) {
-        counter!(
-            "switchboard_subchannel_transitions_total",
-            "target" => self.target.to_string(),
-            "state" => state,
-        )
-        .increment(1);
+        if let Some(target) = &self.target {
+            counter!(
+                "switchboard_subchannel_transitions_total",
+                "target" => target.to_string(),
+                "state" => state,
+            )
+            .increment(1);
+        }
     }
 
     pub(crate) fn reconnect(&self) {
-        counter!(
-            "switchboard_reconnects_total",
-            "target" => self.target.to_string(),
-        )
-        .increment(1);
+        if let Some(target) = &self.target {
+            counter!("switchboard_reconnects_total", "target" => target.to_string()).increment(1);
+        }
     }
 
     pub(crate) fn health(&self, health: &'static str) {
-        counter!(
-            "switchboard_health_changes_total",
-            "target" => self.target.to_string(),
-            "health" => health,
-        )
-        .increment(1);
+        if let Some(target) = &self.target {
+            counter!(
+                "switchboard_health_changes_total",
+                "target" => target.to_string(),
+                "health" => health,
+            )
+            .increment(1);
+        }
     }
 
     pub(crate) fn ejected(&self) {
-        counter!(
-            "switchboard_ejections_total",
-            "target" => self.target.to_string(),
-        )
-        .increment(1);
+        if let Some(target) = &self.target {
+            counter!("switchboard_ejections_total", "target" => target.to_string()).increment(1);
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::connect::{Connector, authority};
 use crate::control::{Calls, Core, Io, Order, Publication};
+use crate::metrics::SubMetrics;
 use crate::published::{Published, View};
 use crate::snapshot::SubchannelSnapshot;
 use crate::state::ConnectivityState;
@@ -51,7 +52,7 @@ impl<C: Connector> Io for Tasks<C> {
         };
         let shared = Arc::new(Shared::new(
             id,
-            &self.config.control.target,
+            SubMetrics::new(&self.config.control.target, self.config.metrics),
             instance.key.as_str().into(),
             instance.addr.clone(),
             instance.weight,
@@ -94,7 +95,10 @@ impl<C: Connector> Io for Tasks<C> {
 
     fn publish(&mut self, publication: Publication<Self::Ready>) {
         let target = &self.config.control.target;
-        for state in ConnectivityState::ALL {
+        for state in ConnectivityState::ALL
+            .into_iter()
+            .filter(|_| self.config.metrics)
+        {
             metrics::gauge!(
                 "switchboard_subchannels",
                 "target" => target.clone(),
@@ -102,8 +106,10 @@ impl<C: Connector> Io for Tasks<C> {
             )
             .set(f64::from(publication.counts[state as usize]));
         }
-        metrics::gauge!("switchboard_instances", "target" => target.clone())
-            .set(publication.instances as f64);
+        if self.config.metrics {
+            metrics::gauge!("switchboard_instances", "target" => target.clone())
+                .set(publication.instances as f64);
+        }
         if let Some(snapshot) = publication.snapshot {
             self.published.store(snapshot);
         }
@@ -232,12 +238,14 @@ impl<C: Connector> Worker<C> {
             Update::Add(_) => "add",
             Update::Remove(_) => "remove",
         };
-        metrics::counter!(
-            "switchboard_resolver_updates_total",
-            "target" => self.io.config.control.target.clone(),
-            "kind" => kind,
-        )
-        .increment(1);
+        if self.io.config.metrics {
+            metrics::counter!(
+                "switchboard_resolver_updates_total",
+                "target" => self.io.config.control.target.clone(),
+                "kind" => kind,
+            )
+            .increment(1);
+        }
         let now = Instant::now().into_std();
         lock(&self.core).update(&mut self.io, update, now);
     }
@@ -260,11 +268,17 @@ impl<C: Connector> Worker<C> {
     fn resolver_status(&mut self) {
         let status = self.resolver.borrow_and_update().clone();
         let target = self.io.config.control.target.clone();
-        metrics::gauge!("switchboard_resolver_connected", "target" => target.clone())
-            .set(if status.connected { 1.0 } else { 0.0 });
+        let recorded = self.io.config.metrics;
+        if recorded {
+            metrics::gauge!("switchboard_resolver_connected", "target" => target.clone())
+                .set(if status.connected { 1.0 } else { 0.0 });
+        }
         if status.last_error_at.is_some() && status.last_error_at != self.last_resolver_error {
             self.last_resolver_error = status.last_error_at;
-            metrics::counter!("switchboard_resolver_errors_total", "target" => target).increment(1);
+            if recorded {
+                metrics::counter!("switchboard_resolver_errors_total", "target" => target)
+                    .increment(1);
+            }
         }
         let error = status.last_error.filter(|_| !status.connected);
         lock(&self.core).resolver(error);

@@ -172,6 +172,10 @@ impl Client {
         if call_log {
             builder = builder.call_log(Some(SLOW_CALL));
         }
+        // go-zero's Prometheus interceptor: this client's metrics, on unless turned off.
+        if config.middlewares.as_ref().and_then(|m| m.prometheus) == Some(false) {
+            builder = builder.metrics(false);
+        }
         if let Some(authority) = &config.authority {
             builder = builder.authority(authority.clone());
         }

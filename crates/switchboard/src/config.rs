@@ -236,8 +236,8 @@ pub struct MiddlewaresSection {
     /// WARN (`[RPC] ok - slowcall`).
     #[serde(default, alias = "duration")]
     pub duration: Option<bool>,
-    /// go-zero's Prometheus interceptor: accepted; switchboard's metrics go through the
-    /// `metrics` facade, to whatever recorder the program installs.
+    /// go-zero's Prometheus interceptor: `false` turns this client's metrics off (they go
+    /// through the `metrics` facade, to whatever recorder the program installs).
     #[serde(default, alias = "prometheus")]
     pub prometheus: Option<bool>,
     /// go-zero's client breaker: accepted.

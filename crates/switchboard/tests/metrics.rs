@@ -268,3 +268,46 @@ async fn churned_instances_leave_no_series_behind() -> Result<()> {
     .context("the last instances did not drain within 30 s")?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_zeros_prometheus_false_turns_a_clients_metrics_off() -> Result<()> {
+    let handle = recorder()?;
+    let (quiet, counted) = (TestServer::start("q").await?, TestServer::start("c").await?);
+    for (server, settings) in [
+        (&quiet, "Middlewares: {Prometheus: false}\n"),
+        (&counted, ""),
+    ] {
+        let yaml = format!("Endpoints: [{}]\n{settings}", server.addr());
+        let client = Client::connect(ClientConfig::from_yaml(&yaml)?).await?;
+        let mut users = UserClient::new(client.channel());
+        for id in 0..5 {
+            users.get_user_info(GetUserInfoRequest { id }).await?;
+        }
+    }
+    let samples = parse(&handle.render())?;
+    let of = |server: &TestServer| {
+        let addr = server.addr().to_string();
+        samples
+            .iter()
+            .filter(|s| s.labels.get("target").is_some_and(|t| t.contains(&addr)))
+            .map(|s| s.name.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert!(
+        of(&quiet).is_empty(),
+        "recorded with Prometheus: false: {:?}",
+        of(&quiet)
+    );
+    let counted_names = of(&counted);
+    for name in [
+        "switchboard_picks_total",
+        "switchboard_rpcs_total",
+        "switchboard_instances",
+    ] {
+        assert!(
+            counted_names.contains(name),
+            "{name} missing: {counted_names:?}"
+        );
+    }
+    Ok(())
+}

@@ -71,7 +71,7 @@ impl Drop for Waiting<'_> {
 impl Shared {
     pub(crate) fn new(
         id: u64,
-        target: &str,
+        metrics: SubMetrics,
         key: Arc<str>,
         addr: String,
         weight: u32,
@@ -79,7 +79,7 @@ impl Shared {
         room: Arc<Room>,
     ) -> Self {
         Self {
-            metrics: SubMetrics::new(target),
+            metrics,
             id,
             key,
             addr,
