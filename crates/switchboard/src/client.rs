@@ -267,16 +267,11 @@ fn resolve(config: &ClientConfig) -> Result<Resolution, Error> {
             .resolve());
     }
     if let Some(target) = &config.target {
-        if let Some(rest) = target.strip_prefix("etcd://") {
-            let (hosts, key) = rest
-                .split_once('/')
-                .filter(|(h, k)| !h.is_empty() && !k.is_empty())
-                .ok_or_else(|| {
-                    Error::config(format!("Target: {target:?} is not etcd://hosts/key"))
-                })?;
-            let etcd_config = EtcdConfig::from_hosts(hosts)
+        if let Some(parsed) = crate::config::etcd_target(target) {
+            let (hosts, key) = parsed?;
+            let etcd_config = EtcdConfig::from_hosts(&hosts)
                 .map_err(|e| Error::config("Target: etcd hosts").with_source(e))?;
-            return Ok(EtcdResolver::new(etcd_config, key).resolve());
+            return Ok(EtcdResolver::new(etcd_config, &key).resolve());
         }
         return StaticResolver::from_target(target)
             .map(|r| r.resolve())

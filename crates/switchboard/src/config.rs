@@ -46,7 +46,9 @@ pub struct ClientConfig {
     /// Or a fixed list of `host:port`.
     #[serde(default, alias = "endpoints")]
     pub endpoints: Vec<String>,
-    /// Or a target: `direct:///host:port,host:port` or `etcd://host:port,host:port/key`.
+    /// Or a target: `direct:///host:port,host:port`, or etcd as go-zero writes it today
+    /// (`etcd:///host:port,host:port?key=KEY`, the key URL-encoded) or did before
+    /// (`etcd://host:port,host:port/key`); `discov://` is the same as `etcd://`.
     #[serde(alias = "target")]
     pub target: Option<String>,
     /// Return from `Client::connect` at once instead of waiting for a READY instance.
@@ -688,6 +690,39 @@ fn format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Format, D::Error> {
     name.parse().map_err(serde::de::Error::custom)
 }
 
+/// The etcd members and key of an etcd target, as go-zero writes it: `etcd:///HOSTS?key=KEY`
+/// (the key URL-encoded, since go-zero 1.9), or `etcd://HOSTS/KEY` before; `discov://` the
+/// same. `None` if `target` is no etcd target; an error if it is a malformed one.
+pub(crate) fn etcd_target(target: &str) -> Option<Result<(String, String), Error>> {
+    let rest = target
+        .strip_prefix("etcd://")
+        .or_else(|| target.strip_prefix("discov://"))?;
+    let bad = || Error::config(format!("Target: {target:?} is not etcd:///hosts?key=KEY"));
+    let parsed = match rest.strip_prefix('/') {
+        Some(rest) => {
+            let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let key = query.split('&').find_map(|pair| pair.strip_prefix("key="));
+            // Go's url.QueryEscape: `+` for a space, `%XX` for the rest.
+            let key = key.map(|k| k.replace('+', " "));
+            let key = key.and_then(|k| {
+                let decoded = percent_encoding::percent_decode_str(&k)
+                    .decode_utf8()
+                    .ok()?;
+                Some(decoded.into_owned())
+            });
+            key.map(|key| (hosts.to_owned(), key))
+        }
+        None => rest
+            .split_once('/')
+            .map(|(hosts, key)| (hosts.to_owned(), key.to_owned())),
+    };
+    Some(
+        parsed
+            .filter(|(hosts, key)| !hosts.is_empty() && !key.trim().is_empty())
+            .ok_or_else(bad),
+    )
+}
+
 impl ClientConfig {
     /// Reads a YAML config and checks it.
     pub fn from_yaml(text: &str) -> Result<Self, Error> {
@@ -837,10 +872,13 @@ impl ClientConfig {
             }
         }
         if let Some(target) = &self.target {
-            if !(target.starts_with("direct:///") || target.starts_with("etcd://")) {
-                return Err(Error::config(format!(
-                    "Target: {target:?} is neither direct:///host:port,… nor etcd://hosts/key"
-                )));
+            if !target.starts_with("direct:///") {
+                etcd_target(target).unwrap_or_else(|| {
+                    Err(Error::config(format!(
+                        "Target: {target:?} is neither direct:///host:port,… nor \
+                         etcd:///hosts?key=KEY (or etcd://hosts/key, discov://…)"
+                    )))
+                })?;
             }
         }
         for (field, value) in [

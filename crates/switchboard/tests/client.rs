@@ -93,3 +93,34 @@ async fn connect_waits_for_a_ready_instance_within_the_dial_timeout_unless_non_b
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn go_zeros_etcd_targets_old_and_new_resolve_through_etcd() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let mut kv = etcd.client().await?;
+    let server = TestServer::start("t1").await?;
+    kv.put("svc/user.rpc/1", server.addr().to_string(), None)
+        .await?;
+    let hosts = etcd.endpoint(0).trim_start_matches("http://").to_owned();
+    // go-zero today (the key URL-encoded), before, and its discov:// alias.
+    for target in [
+        format!("etcd:///{hosts}?key=svc%2Fuser.rpc"),
+        format!("etcd://{hosts}/svc/user.rpc"),
+        format!("discov:///{hosts}?key=svc/user.rpc"),
+    ] {
+        let yaml = format!("Target: \"{target}\"\n");
+        let client = Client::connect(ClientConfig::from_yaml(&yaml)?).await?;
+        let reply = UserClient::new(client.channel())
+            .get_user_info(GetUserInfoRequest { id: 1 })
+            .await?
+            .into_inner();
+        assert_eq!(reply.instance, "t1", "{target}");
+    }
+    for bad in ["etcd:///h:1", "etcd:///?key=k", "k8s://ns/svc:8080"] {
+        let error = ClientConfig::from_yaml(&format!("Target: \"{bad}\"\n"))
+            .expect_err(bad)
+            .to_string();
+        assert!(error.contains("Target"), "{bad}: {error}");
+    }
+    Ok(())
+}
