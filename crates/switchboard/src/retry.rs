@@ -524,9 +524,10 @@ impl Sent {
     }
 }
 
-/// Sends `request` with retries under `policy`, within `deadline` (which the caller also
-/// enforces around this future), keeping at most `limit` bytes of its body to send again; a
-/// request read whole whose message is larger than `max_message` is not sent.
+/// Sends `request` with retries under `policy`, within `deadline` (each attempt carries what
+/// is left of it in its `grpc-timeout`, which the balancer enforces, and no retry starts past
+/// it), keeping at most `limit` bytes of its body to send again; a request read whole whose
+/// message is larger than `max_message` is not sent.
 pub(crate) async fn call(
     policy: &RetryPolicy,
     mut balancer: Balancer,
