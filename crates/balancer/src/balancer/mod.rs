@@ -311,6 +311,20 @@ impl Balancer {
                     };
                     match sent {
                         Ok(response) => {
+                            // A server that honours `grpc-timeout` may answer its own timeout
+                            // first (tonic's: CANCELLED): past the deadline, the RPC's status
+                            // is DEADLINE_EXCEEDED, as in grpc-go.
+                            let failed = response
+                                .headers()
+                                .get("grpc-status")
+                                .is_some_and(|c| c.as_bytes() != b"0");
+                            if failed && deadline.is_some_and(|d| Instant::now() >= d) {
+                                return Err(Status::deadline_exceeded(format!(
+                                    "deadline of {:?} exceeded before {} answered",
+                                    timeout.unwrap_or_default(),
+                                    ready.0.sub.addr
+                                )));
+                            }
                             return Ok(response.map(|body| {
                                 body.until(timer.take())
                                     .limited(limits.response, tripped)
