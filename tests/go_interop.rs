@@ -711,7 +711,12 @@ async fn calls_waiting_for_a_full_grpc_go_server_are_bounded_and_leave_at_their_
     init_tracing();
     // One stream allowed, held by a call the server answers only after a minute.
     let server = go_server("full", &["--max-concurrent-streams", "1", "--delay", "60s"]).await?;
-    let client = static_client(&[server.addr()], "Timeout: 90s\nMaxPendingCalls: 64\n").await?;
+    // The queue's bound alone: the breaker would shed calls once the first ones are refused.
+    let client = static_client(
+        &[server.addr()],
+        "Timeout: 90s\nMaxPendingCalls: 64\nMiddlewares: {Breaker: false}\n",
+    )
+    .await?;
     until(&client, "READY", |c| ready_count(c) == 1).await?;
     let holder = tokio::spawn({
         let mut users = UserClient::new(client.channel());

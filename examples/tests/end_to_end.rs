@@ -301,8 +301,12 @@ async fn with_every_instance_failing_fail_fast_calls_fail_at_once() -> Result<()
             .and_then(|s| s.parse().ok())
             .unwrap_or(6),
     );
-    let (_holes, client, users) =
-        blackholed("Timeout: 1s\nBackoff: {MinConnectTimeout: 1s}\n").await?;
+    // The balancer's own fail-fast and wait-for-ready, without the breaker (which would
+    // refuse these calls before they reach the balancer, naming the same last error).
+    let (_holes, client, users) = blackholed(
+        "Timeout: 1s\nBackoff: {MinConnectTimeout: 1s}\nMiddlewares: {Breaker: false}\n",
+    )
+    .await?;
     let mut state = client.balancer().watch_state();
     tokio::time::timeout(
         Duration::from_secs(30),

@@ -67,6 +67,7 @@ pub struct Builder {
     limits: MessageLimits,
     authority: Option<String>,
     slow_call: Option<Duration>,
+    breaker: bool,
 }
 
 /// How many calls wait at most for a free stream when every instance's peer has reached its
@@ -130,6 +131,7 @@ impl Default for Builder {
             limits: MessageLimits::default(),
             authority: None,
             slow_call: None,
+            breaker: false,
         }
     }
 }
@@ -351,6 +353,16 @@ impl Builder {
         self
     }
 
+    /// Keeps an adaptive breaker per method ([`crate::breaker`]: go-zero's, the client-side
+    /// throttle of Google's SRE book), shown in [`crate::ChannelSnapshot::breakers`]. The
+    /// balancer itself sends every call: its caller asks [`Balancer::breakers`] before an RPC
+    /// and reports its final status, as switchboard's `Channel` does for unary RPCs. Off unless
+    /// set.
+    pub fn breaker(mut self, enabled: bool) -> Self {
+        self.breaker = enabled;
+        self
+    }
+
     /// Whether the balancer records its metrics through the `metrics` facade (on unless
     /// turned off): picks, results, durations, sub-channel states, instances, resolver updates.
     /// The per-instance figures [`crate::metrics::render_instances`] renders from snapshots
@@ -431,6 +443,9 @@ impl Builder {
             limits: self.limits,
             authority,
             slow_call: self.slow_call,
+            breakers: self
+                .breaker
+                .then(|| crate::breaker::Breakers::new(&self.target, self.metrics)),
             _close: close,
         })))
     }

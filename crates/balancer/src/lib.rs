@@ -51,6 +51,7 @@
 
 mod backoff;
 mod balancer;
+pub mod breaker;
 mod builder;
 mod config;
 mod connect;

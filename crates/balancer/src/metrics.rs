@@ -15,6 +15,7 @@
 //! | `switchboard_instances` | gauge | target | instances in the resolved set |
 //! | `switchboard_resolver_connected` | gauge | target | 1 while the resolver's watch (etcd) is live |
 //! | `switchboard_resolver_errors_total` | counter | target | resolver errors (etcd unreachable, watch lost, …) |
+//! | `switchboard_breaker_requests_total` | counter | target, method, result | unary RPCs seen by a method's breaker ([`crate::breaker`]): `success`, `failure` or `drop` |
 //!
 //! The registrar's metrics (`switchboard_registrar_*`) are listed in `switchboard-resolver`.
 //!

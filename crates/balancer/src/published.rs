@@ -118,6 +118,7 @@ impl<S> Published<S> {
             updates_applied,
             pending_calls: self.room.waiting(),
             subchannels,
+            breakers: Vec::new(),
         }
     }
 }

@@ -25,6 +25,10 @@ pub struct ChannelSnapshot {
     /// One entry per sub-channel not yet SHUTDOWN (draining ones included), in instance-key
     /// order.
     pub subchannels: Vec<SubchannelSnapshot>,
+    /// Each method's breaker, in path order, if the balancer keeps them
+    /// ([`crate::Builder::breaker`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub breakers: Vec<crate::breaker::BreakerSnapshot>,
 }
 
 /// One sub-channel's address, state and counters.

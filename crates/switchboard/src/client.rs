@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderValue, Request};
+use switchboard_balancer::breaker::Admitted;
 use switchboard_balancer::{Balancer, ConnectBackoff, MessageLimits, ResponseFuture, WaitForReady};
 use switchboard_resolver::{
     EtcdConfig, EtcdResolver, EtcdTls, Resolution, Resolve, StaticResolver,
@@ -176,6 +177,9 @@ impl Client {
         if config.middlewares.as_ref().and_then(|m| m.prometheus) == Some(false) {
             builder = builder.metrics(false);
         }
+        // go-zero's breaker interceptor: an adaptive breaker per method, on unless turned off.
+        let breaker = config.middlewares.as_ref().and_then(|m| m.breaker) != Some(false);
+        builder = builder.breaker(breaker);
         if let Some(authority) = &config.authority {
             builder = builder.authority(authority.clone());
         }
@@ -321,6 +325,32 @@ pub struct Channel {
     call_log: bool,
 }
 
+/// Asks the breaker of `path`, if its balancer keeps them, whether a unary RPC goes.
+fn admit(balancer: &Balancer, path: &str) -> Result<Option<Admitted>, tonic::Status> {
+    balancer.breakers().map(|b| b.admit(path)).transpose()
+}
+
+/// Tells the breaker the RPC's final status: now if it failed or came trailers-only, when its
+/// body ends otherwise.
+fn report(
+    admitted: Admitted,
+    result: &mut Result<
+        http::Response<switchboard_balancer::ResponseBody>,
+        switchboard_balancer::BoxError,
+    >,
+) {
+    match result {
+        Ok(response) => match tonic::Status::from_header_map(response.headers()) {
+            Some(status) => admitted.end_with(&status),
+            None => response.body_mut().on_end(admitted),
+        },
+        Err(error) => match error.downcast_ref::<tonic::Status>() {
+            Some(status) => admitted.end_with(status),
+            None => admitted.end_with(&tonic::Status::unknown(error.to_string())),
+        },
+    }
+}
+
 impl Channel {
     /// How typed clients over this channel compress their requests (`Compression`).
     pub fn compression(&self) -> Option<Compression> {
@@ -354,9 +384,10 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
         let method_timeout = method.and_then(|m| m.timeout);
         // Unary calls get the client's default deadline, streams the streaming one.
         let extensions = request.extensions();
+        let streaming = extensions.get::<Streaming>().is_some() || self.is_streaming(request.uri());
         let default = if extensions.get::<NoDefaultTimeout>().is_some() {
             None
-        } else if extensions.get::<Streaming>().is_some() || self.is_streaming(request.uri()) {
+        } else if streaming {
             self.stream_timeout
         } else {
             self.timeout
@@ -404,6 +435,21 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
             max_request = limits.request;
             request.extensions_mut().insert(limits);
         }
+        // The breaker sees unary RPCs, as go-zero's, once each whatever their retries.
+        let admitted = if streaming {
+            None
+        } else {
+            match admit(&self.balancer, request.uri().path()) {
+                Ok(admitted) => admitted,
+                Err(status) => {
+                    let result = Err(status.into());
+                    if self.call_log {
+                        log_failure(&result, request.uri().path(), Duration::ZERO);
+                    }
+                    return Box::pin(std::future::ready(result));
+                }
+            }
+        };
         let policy = method
             .and_then(|m| m.retry.clone())
             .unwrap_or_else(|| self.retry.clone());
@@ -420,8 +466,11 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
             _ => None,
         };
         Box::pin(async move {
-            let result =
+            let mut result =
                 retry::call(&policy, balancer, request, deadline, buffer, max_request).await;
+            if let Some(admitted) = admitted {
+                report(admitted, &mut result);
+            }
             if let Some((path, started)) = log {
                 log_failure(&result, path.path(), started.elapsed());
             }

@@ -242,7 +242,12 @@ pub struct MiddlewaresSection {
     /// through the `metrics` facade, to whatever recorder the program installs).
     #[serde(default, alias = "prometheus")]
     pub prometheus: Option<bool>,
-    /// go-zero's client breaker: accepted.
+    /// go-zero's client breaker, on unless `false`: an adaptive breaker per method (the
+    /// client-side throttle of Google's SRE book, with go-zero's constants) that fails a
+    /// share of a method's unary calls at once with UNAVAILABLE ("circuit breaker is open")
+    /// while more than about 1 in 3 of its recent calls failed with DEADLINE_EXCEEDED,
+    /// INTERNAL, UNAVAILABLE, DATA_LOSS, UNIMPLEMENTED or RESOURCE_EXHAUSTED. See
+    /// [`switchboard_balancer::breaker`].
     #[serde(default, alias = "breaker")]
     pub breaker: Option<bool>,
 }

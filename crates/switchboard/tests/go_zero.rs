@@ -184,3 +184,72 @@ async fn failed_and_slow_calls_are_logged_as_go_zeros_duration_interceptor_logs_
     ensure!(!retried.contains("[RPC]"), "{retried}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_sheds_a_failing_methods_calls_and_shows_in_the_snapshot() -> Result<()> {
+    // A server whose every GetUserInfo fails with INTERNAL, as an overloaded one might.
+    let seen = Arc::new(flaky::Seen::default());
+    let addr = flaky::Flaky::new(&seen, u64::MAX, Code::Internal)
+        .serve()
+        .await?;
+    let run = |client: Client| async move {
+        let mut users = UserClient::new(client.channel());
+        let mut broken = 0;
+        for id in 0..200 {
+            let failed = users
+                .get_user_info(GetUserInfoRequest { id })
+                .await
+                .expect_err("every call fails");
+            if failed.code() == Code::Unavailable
+                && failed
+                    .message()
+                    .starts_with("circuit breaker is open for /user.User/GetUserInfo: ")
+                && failed
+                    .message()
+                    .contains(" failed, the last with Internal: flaky: failing call ")
+            {
+                broken += 1;
+            } else {
+                ensure!(failed.code() == Code::Internal, "{failed:?}");
+            }
+        }
+        Ok((broken, client.balancer().snapshot()))
+    };
+
+    // On by default, as in go-zero: most calls never reach the server.
+    let (broken, snapshot) = run(client(&format!("Endpoints: [{addr}]\n")).await?).await?;
+    let sent = seen.calls();
+    ensure!(sent + broken == 200, "{sent} sent, {broken} shed");
+    ensure!(broken >= 150, "only {broken} of 200 shed");
+    let breaker = snapshot.breakers.first().cloned().unwrap_or_else(|| {
+        panic!("no breaker in the snapshot: {snapshot:?}");
+    });
+    ensure!(
+        breaker.method == "/user.User/GetUserInfo"
+            && breaker.requests == 200
+            && breaker.failures == sent
+            && breaker.drops == broken
+            && breaker.accepts == 0
+            && breaker.drop_permille > 900,
+        "{breaker:?}"
+    );
+    let json = serde_json::to_value(&snapshot)?;
+    ensure!(
+        json["breakers"][0]["drops"] == broken,
+        "not in the JSON snapshot: {json}"
+    );
+
+    // Middlewares: {Breaker: false} sends every call.
+    let seen_before = seen.calls();
+    let (broken, snapshot) = run(client(&format!(
+        "Endpoints: [{addr}]\nMiddlewares: {{Breaker: false}}\n"
+    ))
+    .await?)
+    .await?;
+    ensure!(
+        broken == 0 && seen.calls() - seen_before == 200,
+        "{broken} shed"
+    );
+    ensure!(snapshot.breakers.is_empty(), "{snapshot:?}");
+    Ok(())
+}

@@ -181,6 +181,18 @@ async fn prometheus_text_counts_every_pick_and_result() -> Result<()> {
         3.0
     );
     assert_eq!(sum(&samples, "switchboard_instances", None), 3.0);
+    // The breaker saw every call (one in three failing sheds none).
+    for (result, n) in [("success", 40.0), ("failure", 20.0), ("drop", 0.0)] {
+        assert_eq!(
+            sum(
+                &samples,
+                "switchboard_breaker_requests_total",
+                Some(("result", result))
+            ),
+            n,
+            "{result}: {text}"
+        );
+    }
     assert_eq!(
         sum(
             &samples,

@@ -17,6 +17,7 @@ use tracing::Span;
 
 use super::Handle;
 use super::limits::{Frames, Tripped};
+use crate::breaker::Admitted;
 use crate::connect::{Sender, chain, with_origin};
 use crate::subchannel::{Ready, Shared};
 
@@ -48,6 +49,8 @@ pub(super) async fn send_on(
         sub: Some(sub.clone()),
         started: started.unwrap_or_else(std::time::Instant::now),
         log: None,
+        ended: None,
+        breaker: None,
     };
     // Only a committed call is logged here: an attempt that fails before its response is
     // retried or reported by the caller, which logs the RPC's outcome.
@@ -234,12 +237,20 @@ struct Call {
     /// With the call log on, once the response is committed: the method, and the time past
     /// which a call is logged as slow.
     log: Option<(PathAndQuery, Duration)>,
+    /// The status it ended with, once it has.
+    ended: Option<Code>,
+    /// Told the RPC's status when it ends.
+    breaker: Option<Admitted>,
 }
 
 impl Call {
     /// Ends the RPC with its status code, or `None` if it was never sent.
     fn end(&mut self, code: Option<Code>) {
         if let Some(sub) = self.sub.take() {
+            self.ended = code;
+            if let (Some(breaker), Some(code)) = (self.breaker.take(), code) {
+                breaker.end(code);
+            }
             let elapsed = self.started.elapsed();
             if let (Some((method, threshold)), Some(code)) = (&self.log, code) {
                 let method = method.as_str();
@@ -305,6 +316,16 @@ impl ResponseBody {
     pub(super) fn guarding(mut self, guard: Option<tokio::sync::oneshot::Sender<()>>) -> Self {
         self.guard = guard;
         self
+    }
+
+    /// Tells `admitted` this RPC's final status when it ends (at once if it has).
+    pub fn on_end(&mut self, admitted: Admitted) {
+        match (&self.call.sub, self.call.ended) {
+            (Some(_), _) => self.call.breaker = Some(admitted),
+            (None, Some(code)) => admitted.end(code),
+            // Never sent: the breaker hears nothing of it.
+            (None, None) => drop(admitted),
+        }
     }
 
     /// Ends the RPC here with `status`: its stream is reset, and the caller reads `status` in

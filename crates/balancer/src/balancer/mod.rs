@@ -79,6 +79,8 @@ pub(crate) struct Handle {
     pub(crate) authority: Option<http::uri::Authority>,
     /// With the call log on, the time past which a successful call is logged as slow.
     pub(crate) slow_call: Option<Duration>,
+    /// The breaker of each method, if the balancer keeps them.
+    pub(crate) breakers: Option<crate::breaker::Breakers>,
     /// Dropped with the last handle: stops the worker.
     pub(crate) _close: tokio::sync::oneshot::Sender<()>,
 }
@@ -152,7 +154,16 @@ impl Balancer {
     /// A channelz-like snapshot: the state, and per sub-channel its address, state, counters
     /// and last error.
     pub fn snapshot(&self) -> ChannelSnapshot {
-        self.handle.inner.snapshot()
+        let mut snapshot = self.handle.inner.snapshot();
+        if let Some(breakers) = &self.handle.breakers {
+            snapshot.breakers = breakers.snapshot();
+        }
+        snapshot
+    }
+
+    /// The per-method breakers, if it was built with [`crate::Builder::breaker`].
+    pub fn breakers(&self) -> Option<&crate::breaker::Breakers> {
+        self.handle.breakers.as_ref()
     }
 
     /// The sub-channel for `request`, its call counted: the picker's choice if its peer has a
