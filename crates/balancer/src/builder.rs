@@ -51,8 +51,9 @@ pub struct Builder {
     metrics: bool,
     initial_stream_window: Option<u32>,
     initial_connection_window: Option<u32>,
+    /// The TLS settings, and whether every instance not registered insecure uses them.
     #[cfg(feature = "tls")]
-    tls: Option<crate::connect::tls::TlsConfig>,
+    tls: Option<(crate::connect::tls::TlsConfig, bool)>,
     seed: Option<u64>,
     health_check: Option<String>,
     outlier_detection: Option<OutlierDetection>,
@@ -226,10 +227,22 @@ impl Builder {
         self
     }
 
-    /// Connects with TLS. Defaults to plain TCP.
+    /// Connects with TLS to every instance, except those whose registration says they are
+    /// not secure (metadata `secure=false`: kratos' `grpc://` endpoints, `isSecure=false`).
+    /// Defaults to plain TCP.
     #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: crate::connect::tls::TlsConfig) -> Self {
-        self.tls = Some(tls);
+        self.tls = Some((tls, true));
+        self
+    }
+
+    /// Connects with TLS only to the instances whose registration says they are secure
+    /// (metadata `secure=true`: kratos' `grpcs://` endpoints, `isSecure=true`), and with plain
+    /// TCP to the others. Without this or [`Builder::tls`], an instance registered as secure
+    /// never connects: its sub-channel's error says why.
+    #[cfg(feature = "tls")]
+    pub fn tls_when_registered(mut self, tls: crate::connect::tls::TlsConfig) -> Self {
+        self.tls = Some((tls, false));
         self
     }
 
@@ -388,8 +401,8 @@ impl Builder {
             #[cfg(feature = "tls")]
             tls: self
                 .tls
-                .as_ref()
-                .map(|t| t.build())
+                .clone()
+                .map(|(config, all)| crate::connect::tls::TlsPolicy::new(config, all).map(Arc::new))
                 .transpose()
                 .map_err(Error::tls)?,
         };
@@ -430,11 +443,9 @@ impl Builder {
             return Err(Error::config("message size limits must be at least 1 byte"));
         }
         let connector = HttpConnector::new(options);
-        let scheme = connector.scheme();
         let (inner, close) = self.spawn(resolution, connector);
         Ok(Balancer::new(Arc::new(Handle {
             inner,
-            scheme,
             wait_for_ready: self.wait_for_ready,
             track_rtt: self.policy == Policy::P2cPeakEwma && self.custom.is_none(),
             hash_header,

@@ -69,7 +69,12 @@ impl<C: Connector> Io for Tasks<C> {
             orders_rx,
             backoff,
             self.config.subchannel.clone(),
-        );
+        )
+        .secure(match instance.metadata.get("secure").map(String::as_str) {
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            _ => None,
+        });
         let span = info_span!("subchannel", addr = %instance.addr);
         tokio::spawn(driver.run().instrument(span));
         Some(Task { shared, orders })

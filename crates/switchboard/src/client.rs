@@ -153,6 +153,7 @@ impl Client {
                     .transpose()?,
             );
         builder = crate::config::apply_balancing(&config, builder);
+        builder = tls(&config, builder)?;
         if let Some(prefix) = &config.user_agent {
             builder = builder.user_agent(prefix.clone());
         }
@@ -284,6 +285,62 @@ fn resolve(config: &ClientConfig) -> Result<Resolution, Error> {
     StaticResolver::from_addrs(&config.endpoints)
         .map(|r| r.resolve())
         .map_err(|e| Error::config("Endpoints").with_source(e))
+}
+
+/// The service's name from the config, to verify the instances' certificates against: the
+/// etcd key (its last part if it is a path), or `None` for a static list.
+fn service_name(config: &ClientConfig) -> Option<String> {
+    let key = match (&config.etcd, &config.target) {
+        (Some(etcd), _) => etcd.key.clone(),
+        (None, Some(target)) => crate::config::etcd_target(target)?.ok()?.1,
+        (None, None) => return None,
+    };
+    let name = key.trim_matches('/').rsplit('/').next()?.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// The TLS of the connections to instances: the `Tls` section's for every instance not
+/// registered as insecure; without it, the system's CAs for those registered as secure. Either
+/// way, certificates are verified against the service's name, not a registration's host.
+fn tls(
+    config: &ClientConfig,
+    builder: switchboard_balancer::Builder,
+) -> Result<switchboard_balancer::Builder, Error> {
+    use switchboard_balancer::TlsConfig;
+    let name = config
+        .tls
+        .as_ref()
+        .and_then(|t| t.server_name.clone())
+        .or_else(|| service_name(config));
+    let Some(section) = &config.tls else {
+        let tls = TlsConfig::new().system_roots();
+        let tls = match name {
+            Some(name) => tls.domain(name),
+            None => tls,
+        };
+        return Ok(builder.tls_when_registered(tls));
+    };
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| Error::config(format!("Tls.{what}: cannot read {}: {e}", path.display())))
+    };
+    let mut tls = match &section.ca_cert_file {
+        Some(path) => TlsConfig::new()
+            .ca_pem(&read("CACertFile", path)?)
+            .map_err(|e| {
+                Error::config(format!("Tls.CACertFile {}", path.display())).with_source(e)
+            })?,
+        None => TlsConfig::new().system_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&section.cert_file, &section.cert_key_file) {
+        tls = tls
+            .identity_pem(&read("CertFile", cert)?, &read("CertKeyFile", key)?)
+            .map_err(|e| Error::config("Tls.CertFile and Tls.CertKeyFile").with_source(e))?;
+    }
+    if let Some(name) = name {
+        tls = tls.domain(name);
+    }
+    Ok(builder.tls(tls))
 }
 
 /// Past this, a successful call is logged as slow (go-zero's threshold).

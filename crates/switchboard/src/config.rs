@@ -196,6 +196,45 @@ pub struct ClientConfig {
     /// go-zero's client `Middlewares`.
     #[serde(default, alias = "middlewares")]
     pub middlewares: Option<MiddlewaresSection>,
+    /// TLS to the instances. Without it, only instances registered as secure (kratos'
+    /// `grpcs://`, `isSecure=true`) use TLS, trusting the system's CAs.
+    #[serde(default, rename = "Tls", alias = "TLS", alias = "tls")]
+    pub tls: Option<TlsSection>,
+}
+
+/// TLS to the instances (`Tls`): every instance is dialled with TLS except those whose
+/// registration says they are not secure (kratos' `grpc://`, `isSecure=false`).
+///
+/// Each certificate is verified against `ServerName`, which defaults to the service's name
+/// from this config: the etcd key (`Etcd.Key`, or the `key` of an `etcd://` target; its last
+/// `/`-separated part for path-like keys such as kratos' `/microservices/user`). It is never
+/// the host written in a registration: whoever can write to etcd cannot make the client trust
+/// another service's certificate. Instances listed in `Endpoints` or a `direct://` target are
+/// verified against their own host unless `ServerName` is set.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TlsSection {
+    /// The CA certificates (PEM) to trust. Without it, the system's (`ca-certificates`).
+    #[serde(
+        default,
+        rename = "CACertFile",
+        alias = "ca_cert_file",
+        alias = "CaFile"
+    )]
+    pub ca_cert_file: Option<PathBuf>,
+    /// A client certificate (PEM), for servers that require mTLS; with `CertKeyFile`.
+    #[serde(default, alias = "cert_file")]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[serde(default, alias = "cert_key_file", alias = "KeyFile")]
+    pub cert_key_file: Option<PathBuf>,
+    /// The name to verify in the servers' certificates (and to send as SNI).
+    #[serde(default, alias = "server_name")]
+    pub server_name: Option<String>,
+    /// Refused: switchboard always verifies the servers' certificates.
+    #[serde(default, alias = "insecure_skip_verify")]
+    pub insecure_skip_verify: bool,
 }
 
 /// A secret of the config (a token): kept as given, never shown by `Debug`.
@@ -677,6 +716,7 @@ impl Default for ClientConfig {
             token: None,
             balancer_name: None,
             middlewares: None,
+            tls: None,
         }
     }
 }
@@ -873,6 +913,19 @@ impl ClientConfig {
             if etcd.insecure_skip_verify {
                 return Err(Error::config(
                     "Etcd.InsecureSkipVerify: not supported; set Etcd.CACertFile to the CA of etcd's certificates",
+                ));
+            }
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert_file.is_some() != tls.cert_key_file.is_some() {
+                return Err(Error::config(
+                    "Tls.CertFile and Tls.CertKeyFile: set both or neither",
+                ));
+            }
+            if tls.insecure_skip_verify {
+                return Err(Error::config(
+                    "Tls.InsecureSkipVerify: not supported; set Tls.CACertFile to the CA of the \
+                     instances' certificates, and Tls.ServerName to the name they carry",
                 ));
             }
         }

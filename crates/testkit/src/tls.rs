@@ -9,6 +9,8 @@ use anyhow::{Context as _, Result, bail};
 /// files in one directory.
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
+    /// Where the files are (and the CA's key).
+    pub dir: PathBuf,
     /// The CA certificate.
     pub ca: PathBuf,
     /// The server certificate (SAN `IP:127.0.0.1`).
@@ -110,11 +112,66 @@ impl TlsFiles {
             )?;
         }
         Ok(Self {
+            dir: dir.to_owned(),
             ca: dir.join("ca.pem"),
             server_cert: dir.join("server.pem"),
             server_key: dir.join("server.key"),
             client_cert: dir.join("client.pem"),
             client_key: dir.join("client.key"),
         })
+    }
+
+    /// Issues a server certificate for the DNS name `name` from the same CA: its certificate
+    /// and key files.
+    pub fn issue(&self, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let dir = &self.dir;
+        let ext = format!("{name}.ext");
+        std::fs::write(
+            dir.join(&ext),
+            format!("subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth\n"),
+        )?;
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        )?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        )?;
+        Ok((dir.join(pem), dir.join(key)))
     }
 }

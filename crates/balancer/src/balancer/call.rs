@@ -39,7 +39,7 @@ pub(super) async fn send_on(
     let conn = &*ready.0;
     let (mut parts, body) = request.into_parts();
     let authority = handle.authority.as_ref().unwrap_or(&conn.authority);
-    parts.uri = with_origin(&parts.uri, &handle.scheme, authority)
+    parts.uri = with_origin(&parts.uri, &conn.scheme, authority)
         .map_err(|e| Failed::Sent(Status::internal(format!("request URI: {e}"))))?;
     let request = Request::from_parts(parts, body);
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::uri::Scheme;
 use http::{Request, Response};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -64,7 +63,6 @@ pub struct Balancer {
 
 pub(crate) struct Handle {
     pub(crate) inner: Arc<Published<Sender>>,
-    pub(crate) scheme: Scheme,
     pub(crate) wait_for_ready: bool,
     pub(crate) track_rtt: bool,
     /// The metadata entry whose value `ring_hash` hashes, if any.

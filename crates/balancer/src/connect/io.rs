@@ -24,6 +24,17 @@ pub(crate) enum Stream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
+impl Stream {
+    /// Whether it runs TLS.
+    pub(crate) fn is_tls(&self) -> bool {
+        match self {
+            Stream::Tcp(_) => false,
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => true,
+        }
+    }
+}
+
 macro_rules! delegate {
     ($self:ident, $s:ident => $e:expr) => {
         match $self.get_mut() {

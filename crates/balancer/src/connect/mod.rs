@@ -47,6 +47,8 @@ pub(crate) struct Connection<S> {
     /// The streams the peer allows at once (its `MAX_CONCURRENT_STREAMS`), as its latest
     /// SETTINGS say.
     pub(crate) max_streams: Arc<AtomicUsize>,
+    /// `https` over TLS, `http` otherwise: the scheme of its requests.
+    pub(crate) scheme: Scheme,
 }
 
 /// Establishes connections. Implemented by [`HttpConnector`]; tests drive the sub-channel state
@@ -55,10 +57,13 @@ pub(crate) trait Connector: Send + Sync + 'static {
     /// What sends requests on an established connection.
     type Sender: Clone + Send + Sync + 'static;
 
-    /// Connects to `addr`, pinging every `keepalive` if set. The caller bounds the time.
+    /// Connects to `addr`, pinging every `keepalive` if set, over TLS or not as the instance
+    /// was registered (`secure`: `None` when its registration does not say). The caller bounds
+    /// the time.
     fn connect(
         &self,
         addr: &str,
+        secure: Option<bool>,
         keepalive: Option<Duration>,
     ) -> BoxFuture<Result<Connection<Self::Sender>, String>>;
 
@@ -67,10 +72,11 @@ pub(crate) trait Connector: Send + Sync + 'static {
     fn watch_health(
         &self,
         sender: &Self::Sender,
+        scheme: &Scheme,
         authority: &Authority,
         service: &str,
     ) -> crate::connect::health::WatchStream {
-        let _ = (sender, authority, service);
+        let _ = (sender, scheme, authority, service);
         Box::pin(futures_util::stream::iter([Err(
             tonic::Status::unimplemented("no health service"),
         )]))
@@ -86,7 +92,7 @@ pub(crate) struct ConnectOptions {
     pub(crate) initial_stream_window: Option<u32>,
     pub(crate) initial_connection_window: Option<u32>,
     #[cfg(feature = "tls")]
-    pub(crate) tls: Option<crate::connect::tls::Tls>,
+    pub(crate) tls: Option<Arc<crate::connect::tls::TlsPolicy>>,
 }
 
 /// Connects over TCP (and TLS) and speaks HTTP/2 with hyper.
@@ -104,15 +110,6 @@ impl HttpConnector {
             options: Arc::new(options),
         }
     }
-
-    /// `http` or `https`, for the requests' URIs.
-    pub(crate) fn scheme(&self) -> Scheme {
-        #[cfg(feature = "tls")]
-        if self.options.tls.is_some() {
-            return Scheme::HTTPS;
-        }
-        Scheme::HTTP
-    }
 }
 
 impl Connector for HttpConnector {
@@ -121,30 +118,38 @@ impl Connector for HttpConnector {
     fn connect(
         &self,
         addr: &str,
+        secure: Option<bool>,
         keepalive: Option<Duration>,
     ) -> BoxFuture<Result<Connection<Sender>, String>> {
         let options = self.options.clone();
         let addr = addr.to_owned();
-        Box::pin(async move { connect(&options, &addr, keepalive).await })
+        Box::pin(async move { connect(&options, &addr, secure, keepalive).await })
     }
 
     fn watch_health(
         &self,
         sender: &Sender,
+        scheme: &Scheme,
         authority: &Authority,
         service: &str,
     ) -> crate::connect::health::WatchStream {
-        crate::connect::health::watch(sender, self.scheme(), authority, service)
+        crate::connect::health::watch(sender, scheme.clone(), authority, service)
     }
 }
 
 async fn connect(
     options: &ConnectOptions,
     addr: &str,
+    secure: Option<bool>,
     keepalive: Option<Duration>,
 ) -> Result<Connection<Sender>, String> {
     let tcp = connect_tcp(options, addr, keepalive).await?;
-    let stream = wrap_tls(options, addr, tcp).await?;
+    let stream = wrap_tls(options, addr, secure, tcp).await?;
+    let scheme = if stream.is_tls() {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    };
     let (io, first_frame) = SettingsWatch::new(stream);
     // Fails the connection's I/O when a drain times out: hyper's connection task then ends,
     // and closes the socket.
@@ -204,6 +209,7 @@ async fn connect(
         closed,
         abort: Box::new(move || closer.abort()),
         max_streams,
+        scheme,
     })
 }
 
@@ -253,10 +259,19 @@ async fn connect_one(
 }
 
 #[cfg(feature = "tls")]
-async fn wrap_tls(options: &ConnectOptions, addr: &str, tcp: TcpStream) -> Result<Stream, String> {
-    let Some(tls) = &options.tls else {
+async fn wrap_tls(
+    options: &ConnectOptions,
+    addr: &str,
+    secure: Option<bool>,
+    tcp: TcpStream,
+) -> Result<Stream, String> {
+    let Some(tls) = options.tls.as_ref().and_then(|t| t.of(secure)) else {
+        if secure == Some(true) {
+            return Err("registered as secure (TLS), and the client has no TLS settings".into());
+        }
         return Ok(Stream::Tcp(tcp));
     };
+    let tls = tls?;
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     let name = tls.server_name(host)?;
     let stream = tls
@@ -271,7 +286,15 @@ async fn wrap_tls(options: &ConnectOptions, addr: &str, tcp: TcpStream) -> Resul
 }
 
 #[cfg(not(feature = "tls"))]
-async fn wrap_tls(_: &ConnectOptions, _: &str, tcp: TcpStream) -> Result<Stream, String> {
+async fn wrap_tls(
+    _: &ConnectOptions,
+    _: &str,
+    secure: Option<bool>,
+    tcp: TcpStream,
+) -> Result<Stream, String> {
+    if secure == Some(true) {
+        return Err("registered as secure (TLS), and the `tls` feature is off".into());
+    }
     Ok(Stream::Tcp(tcp))
 }
 

@@ -19,6 +19,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 #[derive(Clone, Debug, Default)]
 pub struct TlsConfig {
     roots: Vec<CertificateDer<'static>>,
+    /// Whether the system's trusted CAs are trusted too.
+    system_roots: bool,
     identity: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
     domain: Option<String>,
 }
@@ -29,9 +31,17 @@ pub struct TlsConfig {
 pub struct TlsError(String);
 
 impl TlsConfig {
-    /// No trusted CA yet: add one with [`TlsConfig::ca_pem`].
+    /// No trusted CA yet: add one with [`TlsConfig::ca_pem`] or trust the system's with
+    /// [`TlsConfig::system_roots`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Trusts the system's CA certificates (on Debian, `/etc/ssl/certs`, from the
+    /// `ca-certificates` package), read when the first TLS connection is made.
+    pub fn system_roots(mut self) -> Self {
+        self.system_roots = true;
+        self
     }
 
     /// Trusts the CA certificates in this PEM text.
@@ -69,17 +79,43 @@ impl TlsConfig {
         self
     }
 
-    pub(crate) fn build(&self) -> Result<Tls, TlsError> {
-        if self.roots.is_empty() {
+    /// Checks what can be checked before a connection is made (the system's CAs are read
+    /// later).
+    pub(crate) fn check(&self) -> Result<(), TlsError> {
+        if self.roots.is_empty() && !self.system_roots {
             return Err(TlsError(
-                "no CA certificate: set one with TlsConfig::ca_pem".into(),
+                "no CA certificate: set one with TlsConfig::ca_pem, or trust the system's with \
+                 TlsConfig::system_roots"
+                    .into(),
             ));
         }
+        if let Some(d) = &self.domain {
+            ServerName::try_from(d.clone()).map_err(|e| TlsError(format!("domain {d:?}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn build(&self) -> Result<Tls, TlsError> {
+        self.check()?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in &self.roots {
             roots
                 .add(cert.clone())
                 .map_err(|e| TlsError(format!("CA certificate: {e}")))?;
+        }
+        if self.system_roots {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 && self.roots.is_empty() {
+                let why = found
+                    .errors
+                    .first()
+                    .map_or_else(|| "none found".to_owned(), ToString::to_string);
+                return Err(TlsError(format!(
+                    "no system CA certificate could be read ({why}): install the \
+                     `ca-certificates` package, or give a CA file"
+                )));
+            }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
@@ -104,6 +140,41 @@ impl TlsConfig {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             domain,
         })
+    }
+}
+
+/// When connections use TLS, and with what settings, built at the first connection that needs
+/// them.
+#[derive(Debug)]
+pub(crate) struct TlsPolicy {
+    config: TlsConfig,
+    built: std::sync::OnceLock<Result<Tls, String>>,
+    /// Every instance not registered as insecure (`true`), or only those registered as
+    /// secure.
+    all: bool,
+}
+
+impl TlsPolicy {
+    pub(crate) fn new(config: TlsConfig, all: bool) -> Result<Self, TlsError> {
+        config.check()?;
+        let built = std::sync::OnceLock::new();
+        // Settings that need no system files are built, and refused, at once.
+        if !config.system_roots {
+            let _ = built.set(Ok(config.build()?));
+        }
+        Ok(Self { config, built, all })
+    }
+
+    /// The TLS settings for an instance registered as `secure` (or not saying), if it is
+    /// dialled with TLS.
+    pub(crate) fn of(&self, secure: Option<bool>) -> Option<Result<&Tls, String>> {
+        if !secure.unwrap_or(self.all) {
+            return None;
+        }
+        let built = self
+            .built
+            .get_or_init(|| self.config.build().map_err(|e| e.to_string()));
+        Some(built.as_ref().map_err(Clone::clone))
     }
 }
 

@@ -87,6 +87,8 @@ pub(crate) struct Driver<C: Connector> {
     shared: Arc<Shared>,
     connector: Arc<C>,
     authority: Authority,
+    /// Whether its registration says it speaks TLS.
+    secure: Option<bool>,
     events: mpsc::UnboundedSender<Event<C::Sender>>,
     orders: watch::Receiver<Order>,
     backoff: Backoff,
@@ -122,6 +124,7 @@ impl<C: Connector> Driver<C> {
             shared,
             connector,
             authority,
+            secure: None,
             events,
             orders,
             backoff,
@@ -131,6 +134,12 @@ impl<C: Connector> Driver<C> {
             reported: ConnectivityState::Idle,
             attempts: 0,
         }
+    }
+
+    /// Dials with TLS or not as the instance's registration says (`None`: it does not).
+    pub(crate) fn secure(mut self, secure: Option<bool>) -> Self {
+        self.secure = secure;
+        self
     }
 
     /// Runs the state machine until the sub-channel is drained and SHUTDOWN.
@@ -157,7 +166,9 @@ impl<C: Connector> Driver<C> {
             if self.attempts > 1 {
                 self.shared.metrics.reconnect();
             }
-            let connecting = self.connector.connect(&self.shared.addr, self.keepalive);
+            let connecting = self
+                .connector
+                .connect(&self.shared.addr, self.secure, self.keepalive);
             let result = tokio::select! {
                 r = tokio::time::timeout_at(attempt.connect_deadline, connecting) => r,
                 () = stop_connecting(&mut self.orders) => {
@@ -255,12 +266,14 @@ impl<C: Connector> Driver<C> {
             mut closed,
             abort,
             max_streams,
+            scheme,
         } = conn;
-        let health = self.watch_health(&sender);
+        let health = self.watch_health(&sender, &scheme);
         tokio::pin!(health);
         let ready = Ready(Arc::new(ReadyConn {
             sub: self.shared.clone(),
             sender,
+            scheme,
             authority: self.authority.clone(),
             max_streams,
         }));
@@ -297,27 +310,30 @@ impl<C: Connector> Driver<C> {
     fn watch_health(
         &self,
         sender: &C::Sender,
+        scheme: &http::uri::Scheme,
     ) -> impl std::future::Future<Output = std::convert::Infallible> + use<C> {
         let watch = self.health_check.clone().map(|service| {
             let connector = self.connector.clone();
             let sender = sender.clone();
             let authority = self.authority.clone();
+            let scheme = scheme.clone();
             let shared = self.shared.clone();
             let events = self.events.clone();
             let backoff = *self.backoff.config();
             (
-                connector, sender, authority, service, shared, events, backoff,
+                connector, sender, scheme, authority, service, shared, events, backoff,
             )
         });
         async move {
-            let Some((connector, sender, authority, service, shared, events, backoff)) = watch
+            let Some((connector, sender, scheme, authority, service, shared, events, backoff)) =
+                watch
             else {
                 return std::future::pending().await;
             };
             let addr = shared.addr.clone();
             let mut last = Health::Unknown;
             crate::connect::health::run(
-                || connector.watch_health(&sender, &authority, &service),
+                || connector.watch_health(&sender, &scheme, &authority, &service),
                 backoff,
                 &addr,
                 |health, why| {

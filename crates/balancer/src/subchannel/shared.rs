@@ -170,6 +170,8 @@ impl Shared {
 pub(crate) struct ReadyConn<S> {
     pub(crate) sub: Arc<Shared>,
     pub(crate) sender: S,
+    /// `https` over TLS.
+    pub(crate) scheme: http::uri::Scheme,
     pub(crate) authority: Authority,
     /// The streams the peer allows at once (its `MAX_CONCURRENT_STREAMS`).
     pub(crate) max_streams: Arc<AtomicUsize>,

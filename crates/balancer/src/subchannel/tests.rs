@@ -49,6 +49,7 @@ impl Connector for Script {
     fn connect(
         &self,
         _: &str,
+        _: Option<bool>,
         keepalive: Option<Duration>,
     ) -> BoxFuture<Result<Connection<()>, String>> {
         self.attempts
@@ -66,6 +67,7 @@ impl Connector for Script {
                 Some(Outcome::Connect(closed)) => Ok(Connection {
                     sender: (),
                     max_streams: Arc::default(),
+                    scheme: http::uri::Scheme::HTTP,
                     closed: Box::pin(async move {
                         match closed.await {
                             Ok(how) => how,
