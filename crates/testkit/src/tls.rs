@@ -42,18 +42,11 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
 impl TlsFiles {
     /// Generates the files in `dir`.
     pub fn generate(dir: &Path) -> Result<Self> {
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
         openssl(
             dir,
             &[
                 &["req", "-x509"],
-                &ec[..],
+                &EC[..],
                 &[
                     "-keyout",
                     "ca.key",
@@ -67,50 +60,9 @@ impl TlsFiles {
             ]
             .concat(),
         )?;
-        for (name, cn, usage) in [
-            ("server", "127.0.0.1", "serverAuth,clientAuth"),
-            ("client", "root", "clientAuth"),
-        ] {
-            let ext = format!("{name}.ext");
-            std::fs::write(
-                dir.join(&ext),
-                format!("subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n"),
-            )?;
-            let (key, csr, pem) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.pem"),
-            );
-            openssl(
-                dir,
-                &[
-                    &["req"],
-                    &ec[..],
-                    &["-keyout", &key, "-out", &csr, "-subj", &format!("/CN={cn}")],
-                ]
-                .concat(),
-            )?;
-            openssl(
-                dir,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &csr,
-                    "-CA",
-                    "ca.pem",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-out",
-                    &pem,
-                    "-days",
-                    "2",
-                    "-extfile",
-                    &ext,
-                ],
-            )?;
-        }
+        let san = "IP:127.0.0.1";
+        sign(dir, "server", "127.0.0.1", san, "serverAuth,clientAuth")?;
+        sign(dir, "client", "root", san, "clientAuth")?;
         Ok(Self {
             dir: dir.to_owned(),
             ca: dir.join("ca.pem"),
@@ -124,54 +76,60 @@ impl TlsFiles {
     /// Issues a server certificate for the DNS name `name` from the same CA: its certificate
     /// and key files.
     pub fn issue(&self, name: &str) -> Result<(PathBuf, PathBuf)> {
-        let dir = &self.dir;
-        let ext = format!("{name}.ext");
-        std::fs::write(
-            dir.join(&ext),
-            format!("subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth\n"),
-        )?;
-        let (key, csr, pem) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-        );
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        )?;
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-            ],
-        )?;
-        Ok((dir.join(pem), dir.join(key)))
+        sign(&self.dir, name, name, &format!("DNS:{name}"), "serverAuth")
     }
+}
+
+/// A new P-256 key.
+const EC: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+/// Makes `<file>.pem` and `<file>.key` in `dir`: a certificate for `cn` with this
+/// subjectAltName and extended key usage, signed by the CA there.
+fn sign(dir: &Path, file: &str, cn: &str, san: &str, usage: &str) -> Result<(PathBuf, PathBuf)> {
+    let ext = format!("{file}.ext");
+    std::fs::write(
+        dir.join(&ext),
+        format!("subjectAltName={san}\nextendedKeyUsage={usage}\n"),
+    )?;
+    let (key, csr, pem) = (
+        format!("{file}.key"),
+        format!("{file}.csr"),
+        format!("{file}.pem"),
+    );
+    openssl(
+        dir,
+        &[
+            &["req"],
+            &EC[..],
+            &["-keyout", &key, "-out", &csr, "-subj", &format!("/CN={cn}")],
+        ]
+        .concat(),
+    )?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ],
+    )?;
+    Ok((dir.join(pem), dir.join(key)))
 }
