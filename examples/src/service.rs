@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::Parser;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -24,7 +24,8 @@ use crate::user::{
     about = "The demo user.rpc service, registered in etcd"
 )]
 pub struct Args {
-    /// A go-zero-style server config (YAML): `ListenOn`, `Etcd: {Hosts, Key}`.
+    /// A go-zero server config (`RpcServerConf`, YAML or JSON): `ListenOn`, `Etcd`, `Timeout`,
+    /// `MethodTimeouts`, `Health`, `CpuThreshold`, `Middlewares`.
     #[arg(long, conflicts_with_all = ["listen", "etcd", "key"])]
     pub config: Option<std::path::PathBuf>,
     /// The instance's name, carried by every reply.
@@ -47,42 +48,26 @@ pub struct Args {
     pub grace: Duration,
 }
 
-/// go-zero's `RpcServerConf`, the fields this server uses.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ServerConfig {
-    listen_on: SocketAddr,
-    etcd: EtcdSection,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct EtcdSection {
-    hosts: Vec<String>,
-    key: String,
-}
-
 impl Args {
-    /// Where to listen, which etcd, and which key: from the config file, or the flags.
-    pub fn settings(&self) -> Result<(SocketAddr, String, String)> {
-        let args = self;
-        if let Some(path) = &args.config {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let config: ServerConfig = serde_norway::from_str(&text)
-                .with_context(|| format!("{}: not a server config", path.display()))?;
-            return Ok((
-                config.listen_on,
-                config.etcd.hosts.join(","),
-                config.etcd.key,
-            ));
+    /// The server: from the config file (go-zero's `RpcServerConf`, every field: deadlines,
+    /// health, interceptors, shedding, etcd's user and TLS), or from the flags.
+    pub fn server(&self) -> Result<switchboard::Server> {
+        if let Some(path) = &self.config {
+            let config = switchboard::ServerConfig::from_file(path)?;
+            if config.etcd.is_none() {
+                anyhow::bail!("{}: no Etcd section to register in", path.display());
+            }
+            return Ok(switchboard::Server::from_config(&config)?.grace(self.grace));
         }
-        Ok((
-            args.listen
-                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
-            args.etcd.clone().unwrap_or_else(|| "127.0.0.1:2379".into()),
-            args.key.clone().unwrap_or_else(|| "user.rpc".into()),
-        ))
+        let etcd = self.etcd.clone().unwrap_or_else(|| "127.0.0.1:2379".into());
+        let key = self.key.clone().unwrap_or_else(|| "user.rpc".into());
+        Ok(switchboard::Server::builder()
+            .etcd(switchboard::resolver::EtcdConfig::from_hosts(&etcd)?, key)
+            .listen(
+                self.listen
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
+            )
+            .grace(self.grace))
     }
 }
 

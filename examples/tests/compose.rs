@@ -81,10 +81,9 @@ fn every_service_names_a_build_context_here_and_a_program_with_valid_flags() -> 
             "user-rpc" => {
                 let args = switchboard_examples::service::Args::try_parse_from(&command)
                     .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-                let (_, etcd, key) = args.settings()?;
                 assert_eq!(
-                    (etcd.as_str(), key.as_str()),
-                    ("etcd:2379", "user.rpc"),
+                    (args.etcd.as_deref(), args.key.as_deref()),
+                    (Some("etcd:2379"), Some("user.rpc")),
                     "{name}"
                 );
                 assert_eq!(args.name, name, "replies name the service");

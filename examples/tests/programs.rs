@@ -237,3 +237,55 @@ async fn without_etcd_the_demo_says_loudly_it_runs_in_memory() -> Result<()> {
     }
     Ok(())
 }
+
+/// `user-rpc --config` reads go-zero's `RpcServerConf` as goctl writes it, with `Etcd.ID`
+/// and the server's own deadlines: it registers under `Key/ID`; `Auth` is refused with the
+/// reason. (What each field does is tested on `Server::from_config` in `server_config.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_rpc_reads_a_go_zero_server_config() -> Result<()> {
+    let etcd = switchboard_testkit::Etcd::start().await?;
+    let yaml = format!(
+        "Name: user.rpc
+ListenOn: 127.0.0.1:0
+Etcd:
+  Hosts:
+  - {}
+  Key: user.rpc
+  ID: 42
+Timeout: 2000
+MethodTimeouts:
+  - FullMethod: /user.User/WatchEvents
+    Timeout: 1s
+",
+        etcd.hosts()
+    );
+    let (server, _dir) = support::UserRpc::start_with_config("configured", &yaml).await?;
+    let mut kv = etcd.client().await?;
+    let got = kv.get("user.rpc/42", None).await?;
+    let value = got
+        .kvs()
+        .first()
+        .map(|kv| kv.value_str().unwrap_or_default().to_owned());
+    if value.as_deref() != Some(server.addr.as_str()) {
+        bail!("registered {value:?}, not {}", server.addr);
+    }
+    // A bad config is refused with the reason, and the program exits non-zero.
+    let dir = switchboard_testkit::temp_dir("badconf")?;
+    let path = dir.path().join("user.yaml");
+    std::fs::write(&path, "ListenOn: 127.0.0.1:0\nAuth: true\n")?;
+    let out = Command::from(switchboard_testkit::child_command(env!(
+        "CARGO_BIN_EXE_user-rpc"
+    )))
+    .arg("--config")
+    .arg(&path)
+    .stdin(Stdio::null())
+    .output()
+    .await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success()
+        || !stderr.contains("Auth: go-zero's token check against Redis is not supported")
+    {
+        bail!("{:?}: {stderr}", out.status);
+    }
+    Ok(())
+}

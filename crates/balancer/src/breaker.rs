@@ -239,7 +239,8 @@ impl std::fmt::Debug for Breakers {
 }
 
 impl Breakers {
-    pub(crate) fn new(target: &str, metrics: bool) -> Self {
+    /// The breakers of `target`'s methods, their counts recorded as metrics if `metrics`.
+    pub fn new(target: &str, metrics: bool) -> Self {
         Self {
             target: target.into(),
             metrics,

@@ -228,7 +228,8 @@ fn escape(value: &str) -> String {
 }
 
 /// The gRPC name of a status code, as in `grpc-status` docs: `OK`, `UNAVAILABLE`, …
-pub(crate) fn code_name(code: Code) -> &'static str {
+/// The name of `code` as gRPC writes it (`OK`, `UNAVAILABLE`, …): the `code` label's value.
+pub fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",

@@ -251,22 +251,28 @@ impl Client {
     }
 }
 
+/// How to reach etcd, from an `Etcd` section: its members, its user, its TLS.
+pub(crate) fn etcd_config(etcd: &crate::config::EtcdSection) -> Result<EtcdConfig, Error> {
+    let mut etcd_config =
+        EtcdConfig::new(&etcd.hosts).map_err(|e| Error::config("Etcd.Hosts").with_source(e))?;
+    if let (Some(user), Some(pass)) = (&etcd.user, &etcd.pass) {
+        etcd_config = etcd_config.user(user, pass);
+    }
+    if etcd.ca_cert_file.is_some() || etcd.cert_file.is_some() {
+        let tls = EtcdTls::from_files(
+            etcd.ca_cert_file.as_deref(),
+            etcd.cert_file.as_deref(),
+            etcd.cert_key_file.as_deref(),
+        )
+        .map_err(|e| Error::config("Etcd TLS files").with_source(e))?;
+        etcd_config = etcd_config.tls(tls);
+    }
+    Ok(etcd_config)
+}
+
 fn resolve(config: &ClientConfig) -> Result<Resolution, Error> {
     if let Some(etcd) = &config.etcd {
-        let mut etcd_config =
-            EtcdConfig::new(&etcd.hosts).map_err(|e| Error::config("Etcd.Hosts").with_source(e))?;
-        if let (Some(user), Some(pass)) = (&etcd.user, &etcd.pass) {
-            etcd_config = etcd_config.user(user, pass);
-        }
-        if etcd.ca_cert_file.is_some() || etcd.cert_file.is_some() {
-            let tls = EtcdTls::from_files(
-                etcd.ca_cert_file.as_deref(),
-                etcd.cert_file.as_deref(),
-                etcd.cert_key_file.as_deref(),
-            )
-            .map_err(|e| Error::config("Etcd TLS files").with_source(e))?;
-            etcd_config = etcd_config.tls(tls);
-        }
+        let etcd_config = etcd_config(etcd)?;
         return Ok(EtcdResolver::new(etcd_config, &etcd.key)
             .format(etcd.format)
             .resolve());

@@ -15,6 +15,9 @@ use crate::duration;
 use crate::error::Error;
 
 mod balancing;
+mod server;
+
+pub use server::{MethodTimeout, ServerConfig, ServerMiddlewares, StatConf};
 
 pub(crate) use balancing::apply as apply_balancing;
 pub use balancing::{LeastRequestSection, LocalitySection, PickFirstSection, RingHashSection};
@@ -768,12 +771,56 @@ pub(crate) fn etcd_target(target: &str) -> Option<Result<(String, String), Error
     )
 }
 
+impl EtcdSection {
+    /// Checks what serde cannot: members listed, a key, credentials and TLS files in pairs.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        if self.hosts.is_empty() {
+            return Err(Error::config("Etcd.Hosts: lists no etcd member"));
+        }
+        if self.key.trim().is_empty() {
+            return Err(Error::config("Etcd.Key: is empty"));
+        }
+        if self.user.is_some() != self.pass.is_some() {
+            return Err(Error::config(
+                "Etcd.User and Etcd.Pass: set both or neither",
+            ));
+        }
+        if self.cert_file.is_some() != self.cert_key_file.is_some() {
+            return Err(Error::config(
+                "Etcd.CertFile and Etcd.CertKeyFile: set both or neither",
+            ));
+        }
+        if self.insecure_skip_verify {
+            return Err(Error::config(
+                "Etcd.InsecureSkipVerify: not supported; set Etcd.CACertFile to the CA of etcd's certificates",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl ClientConfig {
     /// Reads a YAML config and checks it.
     pub fn from_yaml(text: &str) -> Result<Self, Error> {
         let config: Self = serde_norway::from_str(text)
             .map_err(|e| Error::config(format!("invalid YAML config: {e}")))?;
         config.validated()
+    }
+
+    /// Reads the client section `section` of a larger YAML config and checks it: a go-zero
+    /// gateway's config as it is (`Name`, `Host`, `Port`, … and `UserRpc: {Etcd: …}`), read
+    /// with `from_yaml_section(text, "UserRpc")`. The rest of the file is not looked at.
+    pub fn from_yaml_section(text: &str, section: &str) -> Result<Self, Error> {
+        let whole: serde_norway::Value = serde_norway::from_str(text)
+            .map_err(|e| Error::config(format!("invalid YAML config: {e}")))?;
+        let part = whole
+            .get(section)
+            .ok_or_else(|| Error::config(format!("no {section} section in the config")))?;
+        let config: Self = serde_norway::from_value(part.clone())
+            .map_err(|e| Error::config(format!("{section}: {e}")))?;
+        config
+            .validated()
+            .map_err(|e| Error::config(format!("{section}: {e}")))
     }
 
     /// Reads a TOML config and checks it.
@@ -894,27 +941,7 @@ impl ClientConfig {
             self.policy = policy;
         }
         if let Some(etcd) = &self.etcd {
-            if etcd.hosts.is_empty() {
-                return Err(Error::config("Etcd.Hosts: lists no etcd member"));
-            }
-            if etcd.key.trim().is_empty() {
-                return Err(Error::config("Etcd.Key: is empty"));
-            }
-            if etcd.user.is_some() != etcd.pass.is_some() {
-                return Err(Error::config(
-                    "Etcd.User and Etcd.Pass: set both or neither",
-                ));
-            }
-            if etcd.cert_file.is_some() != etcd.cert_key_file.is_some() {
-                return Err(Error::config(
-                    "Etcd.CertFile and Etcd.CertKeyFile: set both or neither",
-                ));
-            }
-            if etcd.insecure_skip_verify {
-                return Err(Error::config(
-                    "Etcd.InsecureSkipVerify: not supported; set Etcd.CACertFile to the CA of etcd's certificates",
-                ));
-            }
+            etcd.check()?;
         }
         if let Some(tls) = &self.tls {
             if tls.cert_file.is_some() != tls.cert_key_file.is_some() {

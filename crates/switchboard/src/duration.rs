@@ -88,6 +88,11 @@ pub(crate) fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duratio
     d.deserialize_any(DurationVisitor).map(Some)
 }
 
+/// `#[serde(deserialize_with = "duration::required")]`: a duration.
+pub(crate) fn required<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    d.deserialize_any(DurationVisitor)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

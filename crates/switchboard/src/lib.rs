@@ -33,7 +33,7 @@ pub mod service_config;
 mod typed;
 
 pub use client::{Channel, Client, DEFAULT_DIAL_TIMEOUT};
-pub use config::{ClientConfig, Compression, Secret};
+pub use config::{ClientConfig, Compression, Secret, ServerConfig};
 pub use error::Error;
 pub use retry::DEFAULT_RETRY_BUFFER;
 pub use server::{Server, Serving};

@@ -67,6 +67,11 @@ use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::Error;
 
+mod middleware;
+mod shedding;
+
+use middleware::Settings;
+
 /// A gRPC server that registers itself in etcd, serves `grpc.health.v1`, and leaves
 /// gracefully. Built like tonic's `Server`: setters, [`Server::add_service`] for each service,
 /// then [`Server::serve`].
@@ -96,6 +101,13 @@ pub struct Server {
     drain_timeout: Duration,
     routes: RoutesBuilder,
     services: Vec<&'static str>,
+    /// The registration's id under the key (go-zero's `Etcd.ID`), instead of the lease's.
+    id: Option<i64>,
+    health_service: bool,
+    settings: Settings,
+    /// go-zero's `CpuThreshold`, if shedding is on.
+    cpu_threshold: Option<u32>,
+    name: Option<String>,
 }
 
 impl Default for Server {
@@ -110,6 +122,11 @@ impl Default for Server {
             drain_timeout: Duration::from_secs(30),
             routes: RoutesBuilder::default(),
             services: Vec::new(),
+            id: None,
+            health_service: true,
+            settings: Settings::default(),
+            cpu_threshold: None,
+            name: None,
         }
     }
 }
@@ -118,6 +135,48 @@ impl Server {
     /// A server with the defaults below and no services yet.
     pub fn builder() -> Self {
         Self::default()
+    }
+
+    /// A server as go-zero's `RpcServerConf` describes it ([`ServerConfig`]): where it
+    /// listens, where it registers (with etcd's user and TLS), its per-call deadlines, its
+    /// health service, and go-zero's interceptors with their defaults (recover, call log,
+    /// metrics, breaker, load shedding above 90% CPU). Add the services, then
+    /// [`Server::serve`].
+    ///
+    /// [`ServerConfig`]: crate::ServerConfig
+    pub fn from_config(config: &crate::ServerConfig) -> Result<Self, Error> {
+        let mut server = Self::builder().listen(config.listen_on);
+        if let Some(etcd) = &config.etcd {
+            server = server.etcd(crate::client::etcd_config(etcd)?, etcd.key.clone());
+            server.id = etcd.id.filter(|id| *id > 0);
+        }
+        let m = &config.middlewares;
+        server.name = config.name.clone();
+        server.health_service = config.health;
+        server.cpu_threshold = (config.cpu_threshold > 0).then_some(config.cpu_threshold);
+        server.settings = Settings {
+            timeout: config.timeout,
+            method_timeouts: config
+                .method_timeouts
+                .iter()
+                .filter(|t| !t.timeout.is_zero())
+                .map(|t| (t.full_method.clone(), t.timeout))
+                .collect(),
+            recover: m.recover,
+            slow: m
+                .stat
+                .then(|| m.stat_conf.slow_threshold.unwrap_or(SLOW_CALL)),
+            metrics: m.prometheus,
+            breakers: m.breaker.then(|| {
+                let name = config.name.as_deref().unwrap_or("server");
+                std::sync::Arc::new(switchboard_balancer::breaker::Breakers::new(
+                    name,
+                    m.prometheus,
+                ))
+            }),
+            shedder: None,
+        };
+        Ok(server)
     }
 
     /// Registers the server in etcd under the service `key` (`user.rpc` registers
@@ -208,12 +267,16 @@ impl Server {
             local_addr,
         )?;
         let registrar = match self.etcd {
-            Some((config, key)) => Some(
-                Registrar::new(config, &key, &advertised)
+            Some((config, key)) => Some({
+                let registrar = Registrar::new(config, &key, &advertised)
                     .and_then(|r| r.ttl(self.ttl))
                     .map_err(resolver_error)?
-                    .format(self.format),
-            ),
+                    .format(self.format);
+                match self.id {
+                    Some(id) => registrar.id(id.to_string()),
+                    None => registrar,
+                }
+            }),
             None => None,
         };
 
@@ -226,16 +289,32 @@ impl Server {
                 .await;
         }
         let mut routes = self.routes;
-        routes.add_service(health_service);
+        if self.health_service {
+            routes.add_service(health_service);
+        }
+        let mut settings = self.settings;
+        if let Some(threshold) = self.cpu_threshold {
+            let cpu = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            shedding::sample_cpu(cpu.clone());
+            settings.shedder = Some(std::sync::Arc::new(shedding::Shedder::new(
+                u64::from(threshold),
+                cpu,
+            )));
+        }
+        let layer = middleware::Layer(std::sync::Arc::new(settings));
         let (stop, stopped) = oneshot::channel::<()>();
         let incoming = UntilStopped {
             incoming: Some(TcpIncoming::from(listener).with_nodelay(Some(true))),
             stop: stopped,
         };
-        let span = info_span!("server", addr = %local_addr);
+        let span = match &self.name {
+            Some(name) => info_span!("server", %name, addr = %local_addr),
+            None => info_span!("server", addr = %local_addr),
+        };
         let task = tokio::spawn(
             async move {
                 tonic::transport::Server::builder()
+                    .layer(layer)
                     .add_routes(routes.routes())
                     // The end of `incoming` starts the graceful shutdown: tonic drains only
                     // with a shutdown signal, which is otherwise never needed.
@@ -392,6 +471,9 @@ async fn termination_signal() -> std::io::Result<&'static str> {
         _ = int.recv() => "SIGINT",
     })
 }
+
+/// Past this, a call is logged as slow (go-zero's `StatConf.SlowThreshold` default).
+const SLOW_CALL: Duration = Duration::from_millis(500);
 
 fn resolver_error(e: switchboard_resolver::Error) -> Error {
     if e.is_config() {

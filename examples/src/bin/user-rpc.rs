@@ -6,7 +6,8 @@
 //! user-rpc --name user-rpc-1 --config etc/user.yaml
 //! ```
 //!
-//! The config file has go-zero's `RpcServerConf` fields:
+//! The config file is go-zero's `RpcServerConf`, every field of it (see
+//! `switchboard::ServerConfig`):
 //!
 //! ```yaml
 //! Name: user.rpc
@@ -14,6 +15,7 @@
 //! Etcd:
 //!   Hosts: [127.0.0.1:2379]
 //!   Key: user.rpc
+//! Timeout: 2000
 //! ```
 //!
 //! Replies name the instance (`--name`). It serves `user.User` and `grpc.health.v1`,
@@ -23,8 +25,6 @@
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
-use switchboard::Server;
-use switchboard::resolver::EtcdConfig;
 use switchboard_examples::service::Args;
 use switchboard_examples::service::UserService;
 use switchboard_examples::user::user_server::UserServer;
@@ -39,13 +39,8 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let (listen, etcd, key) = args.settings()?;
     let service = UserService::new(&args.name);
-    let mut server = Server::builder()
-        .etcd(EtcdConfig::from_hosts(&etcd)?, key)
-        .listen(listen)
-        .grace(args.grace)
-        .add_service(UserServer::new(service));
+    let mut server = args.server()?.add_service(UserServer::new(service));
     if let Some(addr) = &args.advertise {
         server = server.advertise(addr.clone());
     }

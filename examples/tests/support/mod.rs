@@ -34,6 +34,24 @@ impl UserRpc {
         Ok(Self { child, addr })
     }
 
+    /// Starts `user-rpc --config FILE`, FILE holding `yaml`.
+    pub(crate) async fn start_with_config(
+        name: &str,
+        yaml: &str,
+    ) -> Result<(Self, tempfile::TempDir)> {
+        let dir = switchboard_testkit::temp_dir("userrpc")?;
+        let path = dir.path().join("user.yaml");
+        std::fs::write(&path, yaml)?;
+        let mut cmd = Command::from(switchboard_testkit::child_command(env!(
+            "CARGO_BIN_EXE_user-rpc"
+        )));
+        cmd.args(["--name", name, "--config"])
+            .arg(&path)
+            .args(["--grace", "500ms"]);
+        let (child, addr) = spawn_until_word(cmd, name, "registered ").await?;
+        Ok((Self { child, addr }, dir))
+    }
+
     pub(crate) fn signal(&self, signal: Signal) -> Result<()> {
         let pid = self.child.id().context("exited")?;
         kill(Pid::from_raw(i32::try_from(pid)?), signal)?;

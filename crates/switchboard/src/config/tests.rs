@@ -250,3 +250,40 @@ Middlewares:
         assert!(e.contains(says), "{extra}: {e}");
     }
 }
+
+#[test]
+fn a_go_zero_gateways_config_reads_unchanged_by_its_client_section() {
+    // etc/gateway.yaml as goctl's api template writes it, with the RPC client goctl's docs add.
+    let gateway = "Name: gateway-api
+Host: 0.0.0.0
+Port: 8888
+Log:
+  Mode: console
+UserRpc:
+  Etcd:
+    Hosts:
+    - 127.0.0.1:2379
+    Key: user.rpc
+  NonBlock: true
+  Timeout: 3000
+";
+    let config = ClientConfig::from_yaml_section(gateway, "UserRpc").expect("valid");
+    assert_eq!(
+        config.etcd.as_ref().map(|e| e.key.as_str()),
+        Some("user.rpc")
+    );
+    assert_eq!(config.timeout, Some(std::time::Duration::from_secs(3)));
+    assert!(config.non_block);
+    let missing = ClientConfig::from_yaml_section(gateway, "OrderRpc").expect_err("missing");
+    assert!(
+        missing.to_string().contains("no OrderRpc section"),
+        "{missing}"
+    );
+    let typo =
+        ClientConfig::from_yaml_section("UserRpc:\n  Endpoints: [h:1]\n  Timout: 1\n", "UserRpc")
+            .expect_err("typo");
+    assert!(
+        typo.to_string().contains("UserRpc: ") && typo.to_string().contains("Timout"),
+        "{typo}"
+    );
+}

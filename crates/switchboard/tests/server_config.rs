@@ -1,0 +1,268 @@
+//! `Server::from_config` with go-zero's `RpcServerConf`, loaded unchanged, against a real
+//! etcd and a real client: registration under `Key/ID`, the server's deadlines (`Timeout`,
+//! `MethodTimeouts`), a panicking handler answering INTERNAL, the health service, the
+//! server-side breaker, and the fields that cannot be honoured refused with the reason.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use switchboard::{Server, ServerConfig};
+use switchboard_testkit::Etcd;
+use switchboard_testkit::proto::user::user_client::UserClient;
+use switchboard_testkit::proto::user::user_server::{User, UserServer};
+use switchboard_testkit::proto::user::{
+    ChatMessage, Chunk, Event, GetUserInfoRequest, LoginReply, LoginRequest, RegisterReply,
+    RegisterRequest, UploadSummary, UserInfo, WatchEventsRequest,
+};
+use tonic::{Code, Request, Response, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// `GetUserInfo` by id: 1 answers, 2 takes 700 ms, 3 panics, 4 fails with INTERNAL. `Login`
+/// takes 700 ms.
+struct Scripted;
+
+#[tonic::async_trait]
+impl User for Scripted {
+    async fn register(
+        &self,
+        _: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterReply>, Status> {
+        Err(Status::unimplemented("register"))
+    }
+
+    async fn login(&self, _: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        Ok(Response::new(LoginReply::default()))
+    }
+
+    async fn get_user_info(
+        &self,
+        request: Request<GetUserInfoRequest>,
+    ) -> Result<Response<UserInfo>, Status> {
+        match request.get_ref().id {
+            2 => tokio::time::sleep(Duration::from_millis(700)).await,
+            3 => panic!("user 3 is cursed"),
+            4 => return Err(Status::internal("database down")),
+            _ => {}
+        }
+        Ok(Response::new(UserInfo {
+            id: request.get_ref().id,
+            ..UserInfo::default()
+        }))
+    }
+
+    type WatchEventsStream = tokio_stream::Empty<Result<Event, Status>>;
+
+    async fn watch_events(
+        &self,
+        _: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        Ok(Response::new(tokio_stream::empty()))
+    }
+
+    async fn upload(
+        &self,
+        _: Request<tonic::Streaming<Chunk>>,
+    ) -> Result<Response<UploadSummary>, Status> {
+        Err(Status::unimplemented("upload"))
+    }
+
+    type ChatStream = tokio_stream::Empty<Result<ChatMessage, Status>>;
+
+    async fn chat(
+        &self,
+        _: Request<tonic::Streaming<ChatMessage>>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
+        Err(Status::unimplemented("chat"))
+    }
+}
+
+/// A service's config as go-zero's goctl writes it, with the sections go-zero's examples add.
+fn go_zero_yaml(etcd: &Etcd, extra: &str) -> String {
+    format!(
+        "Name: user.rpc
+ListenOn: 127.0.0.1:0
+Etcd:
+  Hosts:
+  - {}
+  Key: user.rpc
+  ID: 7
+Log:
+  ServiceName: user-rpc
+  Mode: console
+  Level: info
+Mode: dev
+Prometheus:
+  Host: 0.0.0.0
+  Port: 9101
+  Path: /metrics
+Telemetry:
+  Name: user-rpc
+  Endpoint: http://127.0.0.1:14268/api/traces
+  Sampler: 1.0
+  Batcher: jaeger
+{extra}",
+        etcd.endpoint(0).trim_start_matches("http://")
+    )
+}
+
+async fn serve(config: &ServerConfig) -> Result<switchboard::Serving> {
+    Ok(Server::from_config(config)?
+        .add_service(UserServer::new(Scripted))
+        .serve()
+        .await?)
+}
+
+async fn get(
+    users: &mut UserClient<tonic::transport::Channel>,
+    id: i64,
+) -> Result<UserInfo, Status> {
+    users
+        .get_user_info(GetUserInfoRequest { id })
+        .await
+        .map(Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_zero_server_config_is_served_as_go_zero_serves_it() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let config = ServerConfig::from_yaml(&go_zero_yaml(
+        &etcd,
+        "Timeout: 1000
+MethodTimeouts:
+  - FullMethod: /user.User/GetUserInfo
+    Timeout: 300ms
+Middlewares:
+  StatConf:
+    SlowThreshold: 200ms
+",
+    ))?;
+    let serving = serve(&config).await?;
+    // Registered under Key/ID, as go-zero registers with Etcd.ID.
+    let mut kv = etcd.client().await?;
+    let got = kv.get("user.rpc/7", None).await?;
+    let value = got
+        .kvs()
+        .first()
+        .map(|kv| kv.value_str().unwrap_or_default().to_owned());
+    ensure!(
+        value.as_deref() == Some(serving.advertised_addr()),
+        "{value:?}"
+    );
+
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", serving.local_addr()))?
+            .connect()
+            .await?;
+    let mut users = UserClient::new(channel.clone());
+    ensure!(get(&mut users, 1).await?.id == 1);
+    // GetUserInfo's own 300 ms deadline, not the server's 1 s.
+    let late = get(&mut users, 2)
+        .await
+        .expect_err("past its method's deadline");
+    ensure!(
+        late.code() == Code::DeadlineExceeded
+            && late.message()
+                == "/user.User/GetUserInfo took longer than the server's timeout of 300ms",
+        "{late:?}"
+    );
+    // Login has the server's 1 s.
+    users.login(LoginRequest::default()).await?;
+    // A panic answers INTERNAL, and the connection lives on.
+    let panicked = get(&mut users, 3).await.expect_err("panics");
+    ensure!(
+        panicked.code() == Code::Internal && panicked.message() == "panic: user 3 is cursed",
+        "{panicked:?}"
+    );
+    ensure!(get(&mut users, 1).await?.id == 1);
+    // Health is served.
+    HealthClient::new(channel.clone())
+        .check(HealthCheckRequest::default())
+        .await?;
+
+    // The breaker: a method failing with INTERNAL is soon refused without running.
+    let mut refused = 0;
+    for _ in 0..100 {
+        let status = get(&mut users, 4).await.expect_err("fails");
+        if status.code() == Code::Unavailable {
+            ensure!(
+                status
+                    .message()
+                    .starts_with("circuit breaker is open for /user.User/GetUserInfo: "),
+                "{status:?}"
+            );
+            refused += 1;
+        } else {
+            ensure!(status.code() == Code::Internal, "{status:?}");
+        }
+    }
+    ensure!(refused >= 50, "only {refused} of 100 refused");
+    // Another method is not affected.
+    users.login(LoginRequest::default()).await?;
+    serving.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_false_serves_no_health_service_and_the_middlewares_turn_off() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let config = ServerConfig::from_yaml(&go_zero_yaml(
+        &etcd,
+        "Timeout: 0
+Health: false
+CpuThreshold: 0
+Middlewares:
+  Recover: false
+  Breaker: false
+  Stat: false
+  Prometheus: false
+",
+    ))?;
+    ensure!(config.timeout.is_none() && config.cpu_threshold == 0);
+    let serving = serve(&config).await?;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", serving.local_addr()))?
+            .connect()
+            .await?;
+    let status = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest::default())
+        .await
+        .expect_err("no health service");
+    ensure!(status.code() == Code::Unimplemented, "{status:?}");
+    let mut users = UserClient::new(channel);
+    // No deadline: the slow call completes.
+    ensure!(get(&mut users, 2).await?.id == 2);
+    // No breaker: every failure reaches the handler.
+    for _ in 0..50 {
+        let status = get(&mut users, 4).await.expect_err("fails");
+        ensure!(status.code() == Code::Internal, "{status:?}");
+    }
+    serving.shutdown().await;
+    Ok(())
+}
+
+#[test]
+fn what_cannot_be_honoured_is_refused_with_the_reason() {
+    let base = "ListenOn: 127.0.0.1:0\n";
+    let error = |extra: &str| {
+        ServerConfig::from_yaml(&format!("{base}{extra}"))
+            .expect_err(extra)
+            .to_string()
+    };
+    assert!(
+        error("Auth: true\nRedis: {Host: 127.0.0.1:6379, Type: node, Key: rpc:auth}\n")
+            .contains("Auth: go-zero's token check against Redis is not supported"),
+    );
+    assert!(error("CpuThreshold: 1000\n").contains("CpuThreshold: 1000 is not below 1000"));
+    assert!(error("Timout: 1000\n").contains("unknown field `Timout`"));
+    assert!(
+        error("MethodTimeouts: [{FullMethod: GetUserInfo, Timeout: 1s}]\n")
+            .contains("\"GetUserInfo\" is not /package.Service/Method")
+    );
+    assert!(error("Etcd: {Hosts: [], Key: user.rpc}\n").contains("Etcd.Hosts"));
+    let config = ServerConfig::from_yaml(base).expect("minimal");
+    assert_eq!(config.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(config.cpu_threshold, 900);
+    assert!(config.health && config.middlewares.breaker && config.middlewares.recover);
+}
