@@ -225,3 +225,50 @@ async fn kratos_grpcs_instances_use_tls_and_grpc_ones_do_not() -> Result<()> {
     ensure!(answers(&client, 10).await? == ["plain"]);
     Ok(())
 }
+
+/// A `Server` and a `Client`, both from their configs, over mTLS: the server's `Tls` with a
+/// client CA, the client's `Tls` with a client certificate; a client without one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_config_serves_mtls_to_a_client_config() -> Result<()> {
+    let dir = switchboard_testkit::temp_dir("servermtls")?;
+    let files = TlsFiles::generate(dir.path())?;
+    let (cert, key) = files.issue("user.rpc")?;
+    let etcd = Etcd::start().await?;
+    let server = switchboard::ServerConfig::from_yaml(&format!(
+        "Name: user.rpc
+ListenOn: 127.0.0.1:0
+Etcd: {{Hosts: [{}], Key: user.rpc}}
+Tls:
+  CertFile: {}
+  CertKeyFile: {}
+  CACertFile: {}
+",
+        hosts(&etcd),
+        cert.display(),
+        key.display(),
+        files.ca.display()
+    ))?;
+    let serving = switchboard::Server::from_config(&server)?
+        .add_service(switchboard_testkit::user_service("served"))
+        .serve()
+        .await?;
+    let client = format!(
+        "Etcd: {{Hosts: [{}], Key: user.rpc}}\nNonBlock: true\nTls:\n  CACertFile: {}\n",
+        hosts(&etcd),
+        files.ca.display()
+    );
+    let with = format!(
+        "{client}  CertFile: {}\n  CertKeyFile: {}\n",
+        files.client_cert.display(),
+        files.client_key.display()
+    );
+    let mtls = Client::connect(ClientConfig::from_yaml(&with)?).await?;
+    ensure!(answers(&mtls, 5).await? == ["served"]);
+    let without = Client::connect(ClientConfig::from_yaml(&client)?).await?;
+    let addr: SocketAddr = serving.advertised_addr().parse()?;
+    let error = refusal(&without, addr).await?;
+    ensure!(!error.is_empty(), "refused without a client certificate");
+    ensure!(without.balancer().snapshot().ready() == 0);
+    serving.shutdown().await;
+    Ok(())
+}

@@ -17,7 +17,7 @@ use crate::error::Error;
 mod balancing;
 mod server;
 
-pub use server::{MethodTimeout, ServerConfig, ServerMiddlewares, StatConf};
+pub use server::{MethodTimeout, ServerConfig, ServerMiddlewares, ServerTls, StatConf};
 
 pub(crate) use balancing::apply as apply_balancing;
 pub use balancing::{LeastRequestSection, LocalitySection, PickFirstSection, RingHashSection};

@@ -108,6 +108,7 @@ pub struct Server {
     /// go-zero's `CpuThreshold`, if shedding is on.
     cpu_threshold: Option<u32>,
     name: Option<String>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Default for Server {
@@ -127,6 +128,7 @@ impl Default for Server {
             settings: Settings::default(),
             cpu_threshold: None,
             name: None,
+            tls: None,
         }
     }
 }
@@ -149,6 +151,22 @@ impl Server {
         if let Some(etcd) = &config.etcd {
             server = server.etcd(crate::client::etcd_config(etcd)?, etcd.key.clone());
             server.id = etcd.id.filter(|id| *id > 0);
+        }
+        if let Some(tls) = &config.tls {
+            let read = |what: &str, path: &std::path::Path| {
+                std::fs::read(path).map_err(|e| {
+                    Error::config(format!("Tls.{what}: cannot read {}: {e}", path.display()))
+                })
+            };
+            let ca = match &tls.ca_cert_file {
+                Some(path) => Some(read("CACertFile", path)?),
+                None => None,
+            };
+            server = server.tls(
+                &read("CertFile", &tls.cert_file)?,
+                &read("CertKeyFile", &tls.cert_key_file)?,
+                ca.as_deref(),
+            );
         }
         let m = &config.middlewares;
         server.name = config.name.clone();
@@ -223,6 +241,18 @@ impl Server {
     /// The format of the registration. Defaults to [`Format::Plain`] (go-zero).
     pub fn format(mut self, format: Format) -> Self {
         self.format = format;
+        self
+    }
+
+    /// Serves TLS (ALPN `h2`) with this certificate chain and key (PEM); with `client_ca`
+    /// (PEM), only to clients presenting a certificate it signed (mTLS).
+    pub fn tls(mut self, cert: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> Self {
+        let mut tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert, key));
+        if let Some(ca) = client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        self.tls = Some(tls);
         self
     }
 
@@ -311,9 +341,15 @@ impl Server {
             Some(name) => info_span!("server", %name, addr = %local_addr),
             None => info_span!("server", addr = %local_addr),
         };
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls).map_err(|e| {
+                Error::config("invalid TLS certificate or key for the server").with_source(e)
+            })?;
+        }
         let task = tokio::spawn(
             async move {
-                tonic::transport::Server::builder()
+                builder
                     .layer(layer)
                     .add_routes(routes.routes())
                     // The end of `incoming` starts the graceful shutdown: tonic drains only

@@ -78,6 +78,9 @@ pub struct ServerConfig {
     /// Deadlines of their own for some methods.
     #[serde(default, alias = "method_timeouts")]
     pub method_timeouts: Vec<MethodTimeout>,
+    /// TLS for the server's clients (switchboard's own section; go-zero sets it in code).
+    #[serde(default, rename = "Tls", alias = "TLS", alias = "tls")]
+    pub tls: Option<ServerTls>,
     /// go-zero's `ServiceConf` logging (`Log: {ServiceName, Mode, Level, …}`): accepted; a
     /// switchboard program logs through `tracing`, set up by the program.
     #[serde(default, alias = "log")]
@@ -94,6 +97,22 @@ pub struct ServerConfig {
     /// `tracing`'s, exported as the program sets up.
     #[serde(default, alias = "telemetry")]
     pub telemetry: Option<serde_json::Value>,
+}
+
+/// The server's TLS (`Tls`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServerTls {
+    /// The server's certificate chain (PEM).
+    #[serde(alias = "cert_file")]
+    pub cert_file: std::path::PathBuf,
+    /// Its key (PEM).
+    #[serde(alias = "cert_key_file", alias = "KeyFile")]
+    pub cert_key_file: std::path::PathBuf,
+    /// With it, clients must present a certificate this CA (PEM) signed: mTLS.
+    #[serde(default, rename = "CACertFile", alias = "ca_cert_file")]
+    pub ca_cert_file: Option<std::path::PathBuf>,
 }
 
 /// go-zero's server `Middlewares` (each `true` unless set).
