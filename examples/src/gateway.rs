@@ -103,10 +103,20 @@ fn routes<S: Clone + Send + Sync + 'static>(client: Client) -> Router<S> {
         .route("/api/user/register", post(register))
         .route("/api/user/login", post(login))
         .route("/api/user/{id}", get(user_info))
+        .layer(axum::middleware::from_fn(traced))
         .route("/healthz", get(healthz))
         .route("/debug/switchboard", get(debug))
         .with_state(App { client, users })
         .route("/debug/switchboard/ui", get(dashboard))
+}
+
+/// Runs each API request in the W3C trace its `traceparent` names (or a new one), so the RPCs
+/// it makes carry the trace on.
+async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use switchboard::trace::TraceContext;
+    let trace = TraceContext::from_headers(request.headers())
+        .map_or_else(TraceContext::root, |t| t.child());
+    switchboard::trace::scope(trace, next.run(request)).await
 }
 
 async fn dashboard() -> Response {

@@ -236,6 +236,7 @@ impl Client {
                 compression: config.compression,
                 credential,
                 call_log,
+                trace: config.middlewares.as_ref().and_then(|m| m.trace) != Some(false),
             },
         })
     }
@@ -386,6 +387,8 @@ pub struct Channel {
     credential: Option<Arc<(HeaderValue, HeaderValue)>>,
     /// Whether RPCs that fail without a response are logged (the balancer logs the others).
     call_log: bool,
+    /// Whether RPCs carry the caller's trace (`traceparent`).
+    trace: bool,
 }
 
 /// Asks the breaker of `path`, if its balancer keeps them, whether a unary RPC goes.
@@ -469,6 +472,9 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
             if let Ok(v) = HeaderValue::from_str(&format!("{}m", t.as_millis().min(99_999_999))) {
                 request.headers_mut().insert("grpc-timeout", v);
             }
+        }
+        if self.trace {
+            crate::trace::propagate(request.headers_mut());
         }
         if let Some(credential) = &self.credential {
             let headers = request.headers_mut();

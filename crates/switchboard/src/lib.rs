@@ -30,6 +30,7 @@ mod error;
 mod retry;
 mod server;
 pub mod service_config;
+pub mod trace;
 mod typed;
 
 pub use client::{Channel, Client, DEFAULT_DIAL_TIMEOUT};

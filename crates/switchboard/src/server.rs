@@ -181,6 +181,7 @@ impl Server {
                 .map(|t| (t.full_method.clone(), t.timeout))
                 .collect(),
             recover: m.recover,
+            trace: m.trace,
             slow: m
                 .stat
                 .then(|| m.stat_conf.slow_threshold.unwrap_or(SLOW_CALL)),

@@ -3,6 +3,7 @@
 //! `MethodTimeouts`), a panicking handler answering INTERNAL, the health service, the
 //! server-side breaker, and the fields that cannot be honoured refused with the reason.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
@@ -18,9 +19,12 @@ use tonic::{Code, Request, Response, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-/// `GetUserInfo` by id: 1 answers, 2 takes 700 ms, 3 panics, 4 fails with INTERNAL. `Login`
-/// takes 700 ms.
-struct Scripted;
+/// `GetUserInfo` by id: 1 answers, 2 takes 700 ms, 3 panics, 4 fails with INTERNAL, 5 asks
+/// `next` through a switchboard client. `Login` takes 700 ms.
+#[derive(Default)]
+struct Scripted {
+    next: Option<switchboard::Client>,
+}
 
 #[tonic::async_trait]
 impl User for Scripted {
@@ -44,6 +48,15 @@ impl User for Scripted {
             2 => tokio::time::sleep(Duration::from_millis(700)).await,
             3 => panic!("user 3 is cursed"),
             4 => return Err(Status::internal("database down")),
+            5 => {
+                let next = self
+                    .next
+                    .as_ref()
+                    .ok_or_else(|| Status::internal("no next"))?;
+                return UserClient::new(next.channel())
+                    .get_user_info(GetUserInfoRequest { id: 1 })
+                    .await;
+            }
             _ => {}
         }
         Ok(Response::new(UserInfo {
@@ -109,7 +122,7 @@ Telemetry:
 
 async fn serve(config: &ServerConfig) -> Result<switchboard::Serving> {
     Ok(Server::from_config(config)?
-        .add_service(UserServer::new(Scripted))
+        .add_service(UserServer::new(Scripted::default()))
         .serve()
         .await?)
 }
@@ -265,4 +278,82 @@ fn what_cannot_be_honoured_is_refused_with_the_reason() {
     assert_eq!(config.timeout, Some(Duration::from_secs(2)));
     assert_eq!(config.cpu_threshold, 900);
     assert!(config.health && config.middlewares.breaker && config.middlewares.recover);
+}
+
+/// A server that records the `traceparent` of each call it gets.
+async fn recording_server() -> Result<(std::net::SocketAddr, Arc<Mutex<Vec<Option<String>>>>)> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = {
+        let seen = seen.clone();
+        move |request: Request<()>| -> Result<Request<()>, Status> {
+            let parent = request
+                .metadata()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            seen.lock().expect("not poisoned").push(parent);
+            Ok(request)
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let service = tonic::service::interceptor::InterceptedService::new(
+        switchboard_testkit::user_service("back"),
+        record,
+    );
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    Ok((addr, seen))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_trace_goes_through_a_server_to_the_calls_it_makes() -> Result<()> {
+    let (back, seen) = recording_server().await?;
+    let client = |extra: &str| {
+        switchboard::ClientConfig::from_yaml(&format!("Endpoints: [{back}]\n{extra}"))
+    };
+    // The front server (go-zero's config, Trace on by default) calls `back` in its handler.
+    let next = switchboard::Client::connect(client("")?).await?;
+    let config = ServerConfig::from_yaml("Name: front\nListenOn: 127.0.0.1:0\n")?;
+    let front = Server::from_config(&config)?
+        .add_service(UserServer::new(Scripted { next: Some(next) }))
+        .serve()
+        .await?;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", front.local_addr()))?
+            .connect()
+            .await?;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let sent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let mut request = Request::new(GetUserInfoRequest { id: 5 });
+    request.metadata_mut().insert("traceparent", sent.parse()?);
+    UserClient::new(channel).get_user_info(request).await?;
+    let got = seen.lock().expect("not poisoned").pop().flatten();
+    let got = got.unwrap_or_default();
+    // Same trace, the front server's RPC as the parent, sampled.
+    ensure!(
+        got.starts_with(&format!("00-{trace_id}-")) && got.ends_with("-01") && got != sent,
+        "{got}"
+    );
+
+    // A client outside any trace starts one; `Middlewares: {Trace: false}` sends none.
+    let mut users = UserClient::new(switchboard::Client::connect(client("")?).await?.channel());
+    users.get_user_info(GetUserInfoRequest { id: 1 }).await?;
+    let got = seen.lock().expect("not poisoned").pop().flatten();
+    ensure!(
+        got.as_deref()
+            .is_some_and(|t| t.len() == 55 && !t.contains(trace_id)),
+        "{got:?}"
+    );
+    let off = switchboard::Client::connect(client("Middlewares: {Trace: false}\n")?).await?;
+    UserClient::new(off.channel())
+        .get_user_info(GetUserInfoRequest { id: 1 })
+        .await?;
+    let got = seen.lock().expect("not poisoned").pop().flatten();
+    ensure!(got.is_none(), "{got:?}");
+    front.shutdown().await;
+    Ok(())
 }

@@ -120,7 +120,8 @@ pub struct ServerTls {
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ServerMiddlewares {
-    /// go-zero's tracing interceptor: accepted; calls are `tracing` spans.
+    /// go-zero's tracing interceptor: each handler runs in its caller's W3C trace
+    /// (`traceparent`), so the RPCs it makes through a switchboard `Channel` continue it.
     #[serde(default = "yes", alias = "trace")]
     pub trace: bool,
     /// A handler that panics answers INTERNAL (`panic: <message>`), logged at ERROR, instead

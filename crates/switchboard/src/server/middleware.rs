@@ -13,6 +13,8 @@
 //! - **Recover**: a handler that panics answers INTERNAL instead of dropping its connection.
 //! - **Stat**: each call is logged at DEBUG, and a call slower than `StatConf.SlowThreshold`
 //!   (500 ms) at WARN (`[RPC] slowcall`).
+//! - **Trace**: the handler runs in its caller's W3C trace ([`crate::trace`]), so the RPCs it
+//!   makes through a switchboard `Channel` continue it.
 //! - **Prometheus**: `switchboard_server_requests_total{method,code}` and
 //!   `switchboard_server_request_duration_seconds{method}`.
 //!
@@ -45,6 +47,8 @@ pub(crate) struct Settings {
     /// Deadlines by full method (`/pkg.Service/Method`).
     pub(crate) method_timeouts: HashMap<String, Duration>,
     pub(crate) recover: bool,
+    /// Whether handlers run in their caller's trace.
+    pub(crate) trace: bool,
     /// Past this, a call is logged as slow; `None`: no call log.
     pub(crate) slow: Option<Duration>,
     pub(crate) metrics: bool,
@@ -100,6 +104,7 @@ where
             admitted: None,
             ticket: None,
             done: false,
+            trace_id: None,
         };
         if let Some(shedder) = &settings.shedder {
             match shedder.allow() {
@@ -125,7 +130,18 @@ where
             .get(&*method)
             .copied()
             .or(settings.timeout);
+        let trace = settings.trace.then(|| {
+            crate::trace::TraceContext::from_headers(request.headers())
+                .map_or_else(crate::trace::TraceContext::root, |c| c.child())
+        });
+        end.trace_id = trace.as_ref().map(|t| t.trace_id);
         let call = self.inner.call(request);
+        let call = async move {
+            match trace {
+                Some(trace) => crate::trace::scope(trace, call).await,
+                None => call.await,
+            }
+        };
         Box::pin(async move {
             let call = async {
                 if settings.recover {
@@ -177,6 +193,8 @@ struct End {
     admitted: Option<Admitted>,
     ticket: Option<Ticket>,
     done: bool,
+    /// The call's trace, for the log.
+    trace_id: Option<[u8; 16]>,
 }
 
 impl End {
@@ -221,10 +239,12 @@ impl End {
         }
         let method = &*self.method;
         if let Some(slow) = self.settings.slow {
+            let trace_id = self.trace_id.map(|id| crate::trace::to_hex(&id));
+            let trace_id = trace_id.as_deref().unwrap_or("");
             if elapsed > slow {
-                tracing::warn!(method, ?elapsed, ?code, "[RPC] slowcall");
+                tracing::warn!(method, ?elapsed, ?code, trace_id, "[RPC] slowcall");
             } else {
-                tracing::debug!(method, ?elapsed, ?code, "[RPC] served");
+                tracing::debug!(method, ?elapsed, ?code, trace_id, "[RPC] served");
             }
         }
         if self.settings.metrics {
