@@ -274,6 +274,15 @@ fn what_cannot_be_honoured_is_refused_with_the_reason() {
             .contains("\"GetUserInfo\" is not /package.Service/Method")
     );
     assert!(error("Etcd: {Hosts: [], Key: user.rpc}\n").contains("Etcd.Hosts"));
+    // etcd's password is in no Debug output of the config, nor of the server made from it.
+    let with_pass = ServerConfig::from_yaml(&format!(
+        "{base}Etcd: {{Hosts: [127.0.0.1:2379], Key: user.rpc, User: root, Pass: hunter2}}\n"
+    ))
+    .expect("valid");
+    let server = Server::from_config(&with_pass).expect("valid");
+    for shown in [format!("{with_pass:?}"), format!("{server:?}")] {
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
     let config = ServerConfig::from_yaml(base).expect("minimal");
     assert_eq!(config.timeout, Some(Duration::from_secs(2)));
     assert_eq!(config.cpu_threshold, 900);
