@@ -110,6 +110,8 @@ struct Page {
     aggregate: String,
     /// How many snapshots the page has requested.
     polls: u64,
+    /// `data-method` of each breaker row.
+    breakers: Vec<String>,
 }
 
 /// Loads `url` in headless Chromium, lets it poll for three seconds of its (virtual) time, and
@@ -143,6 +145,9 @@ async fn load(browser: &Path, profile: &Path, url: &str) -> Result<Page> {
         polls: tags(&dom, "<body")
             .find_map(|tag| attr(tag, "data-polls")?.parse().ok())
             .unwrap_or(0),
+        breakers: tags(&dom, "<tr ")
+            .filter_map(|tr| attr(tr, "data-method"))
+            .collect(),
     })
 }
 
@@ -205,6 +210,8 @@ async fn the_dashboard_shows_each_instance_and_a_stopped_one_changes() -> Result
     let page = load_until(&browser, profile.path(), &url, |page| page.rows == expected).await?;
     assert_eq!(page.aggregate, "READY", "{page:?}");
     assert!(page.polls >= 2, "the page polls: {page:?}");
+    // The client's breaker per method, for the method the traffic called.
+    assert_eq!(page.breakers, ["/user.User/GetUserInfo"], "{page:?}");
 
     // One instance dies (kill -9): its row leaves READY (or goes), the others stay READY.
     let stopped = instances.remove(1);

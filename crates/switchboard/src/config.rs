@@ -772,6 +772,25 @@ pub(crate) fn etcd_target(target: &str) -> Option<Result<(String, String), Error
     )
 }
 
+/// Reads the config file at `path` with `parse`, which reads its text by extension (`None`
+/// for an extension it does not know: the error lists `known`); errors name the file.
+pub(crate) fn read_file<T>(
+    path: &Path,
+    known: &str,
+    parse: impl FnOnce(&str, &str) -> Option<Result<T, Error>>,
+) -> Result<T, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let parsed = parse(ext, &text).ok_or_else(|| {
+        Error::config(format!(
+            "{}: unknown config format (use {known})",
+            path.display()
+        ))
+    })?;
+    parsed.map_err(|e| Error::config(format!("{}: {e}", path.display())))
+}
+
 impl EtcdSection {
     /// Checks what serde cannot: members listed, a key, credentials and TLS files in pairs.
     pub(crate) fn check(&self) -> Result<(), Error> {
@@ -840,22 +859,16 @@ impl ClientConfig {
 
     /// Reads a config file: YAML (`.yaml`, `.yml`), TOML (`.toml`) or JSON (`.json`).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, Error> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        let parsed = match ext {
-            "yaml" | "yml" => Self::from_yaml(&text),
-            "toml" => Self::from_toml(&text),
-            "json" => Self::from_json(&text),
-            _ => {
-                return Err(Error::config(format!(
-                    "{}: unknown config format (use .yaml, .yml, .toml or .json)",
-                    path.display()
-                )));
-            }
-        };
-        parsed.map_err(|e| Error::config(format!("{}: {e}", path.display())))
+        read_file(
+            path.as_ref(),
+            ".yaml, .yml, .toml or .json",
+            |ext, text| match ext {
+                "yaml" | "yml" => Some(Self::from_yaml(text)),
+                "toml" => Some(Self::from_toml(text)),
+                "json" => Some(Self::from_json(text)),
+                _ => None,
+            },
+        )
     }
 
     /// A config over a fixed list of `host:port`.

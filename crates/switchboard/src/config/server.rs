@@ -218,20 +218,15 @@ impl ServerConfig {
 
     /// Reads a config file: YAML (`.yaml`, `.yml`) or JSON (`.json`).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, Error> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
-        let parsed = match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
-            "yaml" | "yml" => Self::from_yaml(&text),
-            "json" => Self::from_json(&text),
-            _ => {
-                return Err(Error::config(format!(
-                    "{}: unknown config format (use .yaml, .yml or .json)",
-                    path.display()
-                )));
-            }
-        };
-        parsed.map_err(|e| Error::config(format!("{}: {e}", path.display())))
+        super::read_file(
+            path.as_ref(),
+            ".yaml, .yml or .json",
+            |ext, text| match ext {
+                "yaml" | "yml" => Some(Self::from_yaml(text)),
+                "json" => Some(Self::from_json(text)),
+                _ => None,
+            },
+        )
     }
 
     /// Checks what serde cannot, and refuses what cannot be honoured: `Auth` (go-zero checks
