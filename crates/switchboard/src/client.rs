@@ -38,8 +38,9 @@ pub struct Client {
 }
 
 impl Client {
-    /// Starts the client and waits, at most the dial timeout (3 s unless `DialTimeout` is
-    /// set), until an instance is READY. With `NonBlock`, returns at once.
+    /// Starts the client. With `NonBlock` (go-zero's default) it returns at once; with
+    /// `NonBlock: false` it waits, at most the dial timeout (3 s unless `DialTimeout` is set),
+    /// until an instance is READY, and fails otherwise.
     pub async fn connect(config: ClientConfig) -> Result<Self, Error> {
         let non_block = config.non_block;
         let dial_timeout = config.dial_timeout.unwrap_or(DEFAULT_DIAL_TIMEOUT);

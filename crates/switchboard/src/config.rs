@@ -54,8 +54,10 @@ pub struct ClientConfig {
     /// (`etcd://host:port,host:port/key`); `discov://` is the same as `etcd://`.
     #[serde(alias = "target")]
     pub target: Option<String>,
-    /// Return from `Client::connect` at once instead of waiting for a READY instance.
-    #[serde(default, alias = "non_block")]
+    /// Return from `Client::connect` at once (`true`, go-zero's default), RPCs waiting for a
+    /// READY instance within their deadline; `false`: `connect` waits, at most `DialTimeout`,
+    /// until one is READY, and fails otherwise.
+    #[serde(default = "yes", alias = "non_block")]
     pub non_block: bool,
     /// The default deadline of every unary RPC (milliseconds, or `"2s"`). `0` means none.
     /// Defaults to 2 s, as go-zero, which applies it to unary calls only: streaming RPCs (those
@@ -689,7 +691,7 @@ impl Default for ClientConfig {
             etcd: None,
             endpoints: Vec::new(),
             target: None,
-            non_block: false,
+            non_block: true,
             timeout: default_timeout(),
             stream_timeout: None,
             streaming_methods: Vec::new(),
@@ -789,6 +791,11 @@ pub(crate) fn read_file<T>(
         ))
     })?;
     parsed.map_err(|e| Error::config(format!("{}: {e}", path.display())))
+}
+
+/// go-zero's default for `NonBlock`.
+fn yes() -> bool {
+    true
 }
 
 impl EtcdSection {

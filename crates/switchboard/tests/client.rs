@@ -69,19 +69,21 @@ async fn a_client_from_an_etcd_config_serves_every_instance_with_a_default_deadl
 }
 
 #[tokio::test]
-async fn connect_waits_for_a_ready_instance_within_the_dial_timeout_unless_non_block() -> Result<()>
-{
+async fn connect_returns_at_once_as_go_zero_and_waits_for_a_ready_instance_with_non_block_false()
+-> Result<()> {
     let yaml = "Endpoints: [127.0.0.1:1]\nDialTimeout: 300ms\nBackoff: {Initial: 50ms}\n";
     let started = Instant::now();
-    let error = Client::connect(ClientConfig::from_yaml(yaml)?)
-        .await
-        .expect_err("nothing listens on port 1");
+    let error = Client::connect(ClientConfig::from_yaml(&format!(
+        "{yaml}NonBlock: false\n"
+    ))?)
+    .await
+    .expect_err("nothing listens on port 1");
     assert!(error.is_unavailable(), "{error}");
     assert!(error.to_string().contains("no READY instance"), "{error}");
     assert!(started.elapsed() < Duration::from_secs(5));
 
-    let lazy =
-        Client::connect(ClientConfig::from_yaml(&format!("{yaml}NonBlock: true\n"))?).await?;
+    // go-zero's default: NonBlock true; the RPC says what went wrong.
+    let lazy = Client::connect(ClientConfig::from_yaml(yaml)?).await?;
     let mut users = UserClient::new(lazy.channel());
     let status = users
         .get_user_info(GetUserInfoRequest { id: 1 })

@@ -63,9 +63,8 @@ async fn main() -> Result<()> {
     let config = match (&args.user_rpc, &args.etcd) {
         (Some(file), _) => ClientConfig::from_file(file)?,
         (None, Some(hosts)) => {
-            let mut config = ClientConfig::etcd(hosts.split(','), args.key.clone());
-            config.non_block = true;
-            config
+            // NonBlock by default: the gateway serves (503 on /healthz) until an instance is READY.
+            ClientConfig::etcd(hosts.split(','), args.key.clone())
         }
         (None, None) => bail!("give --user-rpc FILE or --etcd HOSTS"),
     };
