@@ -272,3 +272,49 @@ Tls:
     serving.shutdown().await;
     Ok(())
 }
+
+/// A TLS `Server` registering in kratos' format writes `grpcs://`, and a client reading the
+/// kratos registry dials it with TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_server_registers_as_secure_in_kratos_format() -> Result<()> {
+    let dir = switchboard_testkit::temp_dir("kratosreg")?;
+    let files = TlsFiles::generate(dir.path())?;
+    let (cert, key) = files.issue("user")?;
+    let etcd = Etcd::start().await?;
+    let serving = switchboard::Server::builder()
+        .etcd(
+            switchboard::resolver::EtcdConfig::from_hosts(&hosts(&etcd))?,
+            "/microservices/user",
+        )
+        .format(switchboard::resolver::Format::Kratos)
+        .listen("127.0.0.1:0".parse()?)
+        .tls(&std::fs::read(cert)?, &std::fs::read(key)?, None)
+        .add_service(switchboard_testkit::user_service("secure"))
+        .serve()
+        .await?;
+    let mut kv = etcd.client().await?;
+    let got = kv
+        .get(
+            "/microservices/user",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await?;
+    let value = got
+        .kvs()
+        .first()
+        .map(|kv| kv.value_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    ensure!(
+        value.contains(&format!("\"grpcs://{}\"", serving.advertised_addr())),
+        "{value}"
+    );
+    let yaml = format!(
+        "Etcd: {{Hosts: [{}], Key: /microservices/user, Format: kratos}}\nTls: {{CACertFile: {}}}\n",
+        hosts(&etcd),
+        files.ca.display()
+    );
+    let client = Client::connect(ClientConfig::from_yaml(&yaml)?).await?;
+    ensure!(answers(&client, 3).await? == ["secure"]);
+    serving.shutdown().await;
+    Ok(())
+}

@@ -173,9 +173,15 @@ impl Format {
             // others) uses the address, metadata included, as a map key, and panics with
             // "hash of unhashable type" on the map a JSON object decodes to.
             Self::EtcdNaming => serde_json::json!({"Op": 0, "Addr": addr, "Metadata": null}).to_string(),
+            // `grpcs://` for a server that serves TLS (metadata `secure=true`), as kratos writes.
             Self::Kratos => serde_json::json!({
                 "id": id, "name": name, "version": metadata.get("version").cloned().unwrap_or_default(),
-                "metadata": meta(), "endpoints": [format!("grpc://{addr}")],
+                "metadata": meta(),
+                "endpoints": [if metadata.get("secure").is_some_and(|s| s == "true") {
+                    format!("grpcs://{addr}")
+                } else {
+                    format!("grpc://{addr}")
+                }],
             })
             .to_string(),
             Self::GoMicro => serde_json::json!({

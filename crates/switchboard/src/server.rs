@@ -303,6 +303,13 @@ impl Server {
                     .and_then(|r| r.ttl(self.ttl))
                     .map_err(resolver_error)?
                     .format(self.format);
+                // Clients of formats that say so (kratos' `grpcs://`, go-micro's `secure`)
+                // dial it with TLS.
+                let registrar = if self.tls.is_some() {
+                    registrar.metadata("secure", "true")
+                } else {
+                    registrar
+                };
                 match self.id {
                     Some(id) => registrar.id(id.to_string()),
                     None => registrar,

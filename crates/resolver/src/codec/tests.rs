@@ -177,3 +177,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_secure_registration_is_read_back_as_secure() {
+    let metadata = BTreeMap::from([("secure".to_string(), "true".to_string())]);
+    let kratos = Format::Kratos.encode("user", "a", "10.0.0.1:9000", &metadata);
+    assert!(kratos.contains("\"grpcs://10.0.0.1:9000\""), "{kratos}");
+    for value in [
+        kratos,
+        Format::GoMicro.encode("user", "a", "10.0.0.1:9000", &metadata),
+    ] {
+        let got = Format::Auto
+            .decode("user/a", value.as_bytes())
+            .expect("valid");
+        assert_eq!(got[0].metadata["secure"], "true", "{value}");
+    }
+    let plain = Format::Kratos.encode("user", "a", "10.0.0.1:9000", &BTreeMap::new());
+    assert!(plain.contains("\"grpc://10.0.0.1:9000\""), "{plain}");
+}
