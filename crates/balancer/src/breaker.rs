@@ -176,7 +176,7 @@ impl Window {
 
     /// Whether a request goes through, `random` drawn uniformly in `[0, 1)`. A dropped request
     /// is counted here; one let through is counted when it ends ([`Window::ended`]).
-    pub(crate) fn admit(&mut self, now: Instant, random: f64) -> bool {
+    pub(crate) fn admit(&mut self, now: Instant, random: impl FnOnce() -> f64) -> bool {
         let h = self.history(now);
         let ratio = Self::drop_ratio(&h);
         if ratio <= 0.0 {
@@ -189,7 +189,7 @@ impl Window {
             self.last_pass = Some(now);
             return true;
         }
-        if random < ratio {
+        if random() < ratio {
             self.add(now, Outcome::Drop);
             return false;
         }
@@ -289,7 +289,7 @@ impl Breakers {
         };
         let (admitted, h) = {
             let mut window = method.lock();
-            let admitted = window.admit(Instant::now(), rand::random::<f64>());
+            let admitted = window.admit(Instant::now(), rand::random::<f64>);
             (
                 admitted,
                 (!admitted).then(|| window.history(Instant::now())),
@@ -419,7 +419,7 @@ mod tests {
         let t0 = Instant::now();
         let mut w = Window::new(t0);
         run(&mut w, t0, 1000, 0);
-        assert!(w.admit(t0, 0.0));
+        assert!(w.admit(t0, || 0.0));
         assert_eq!(Window::drop_ratio(&w.history(t0)), 0.0);
     }
 
@@ -429,14 +429,14 @@ mod tests {
         let mut w = Window::new(t0);
         // Five requests are always let through, failing or not.
         run(&mut w, t0, 0, 5);
-        assert!(w.admit(t0, 0.0));
+        assert!(w.admit(t0, || 0.0));
         // 100 failures in one bucket: (100 - 5 - 0) / 101, no working bucket.
         let mut w = Window::new(t0);
         run(&mut w, t0, 0, 100);
         let ratio = Window::drop_ratio(&w.history(t0));
         assert!((ratio - 95.0 / 101.0).abs() < 1e-9, "{ratio}");
-        assert!(!w.admit(t0, ratio - 0.01));
-        assert!(w.admit(t0, ratio + 0.01));
+        assert!(!w.admit(t0, || ratio - 0.01));
+        assert!(w.admit(t0, || ratio + 0.01));
         // K = 1.5 accepts offset 1.5 failures: 10 ok, 20 failed → (30 - 5 - 15) / 31.
         let mut w = Window::new(t0);
         run(&mut w, t0, 10, 20);
@@ -450,7 +450,7 @@ mod tests {
         let mut w = Window::new(t0);
         run(&mut w, t0, 0, 20);
         for _ in 0..10 {
-            assert!(!w.admit(t0, 0.0));
+            assert!(!w.admit(t0, || 0.0));
         }
         let h = w.history(t0);
         assert_eq!((h.requests, h.failures, h.drops), (30, 20, 10));
@@ -462,10 +462,10 @@ mod tests {
         let mut w = Window::new(t0);
         run(&mut w, t0, 0, 50);
         // Let through once (the odds said so): the clock of forced passes starts.
-        assert!(w.admit(t0, 0.999));
-        assert!(!w.admit(t0 + Duration::from_millis(500), 0.0));
-        assert!(w.admit(t0 + Duration::from_millis(1100), 0.0));
-        assert!(!w.admit(t0 + Duration::from_millis(1200), 0.0));
+        assert!(w.admit(t0, || 0.999));
+        assert!(!w.admit(t0 + Duration::from_millis(500), || 0.0));
+        assert!(w.admit(t0 + Duration::from_millis(1100), || 0.0));
+        assert!(!w.admit(t0 + Duration::from_millis(1200), || 0.0));
     }
 
     #[test]
@@ -483,7 +483,7 @@ mod tests {
         assert_eq!(w.history(at).failures, 10);
         let at = t0 + Duration::from_millis(15_000);
         assert_eq!(w.history(at).failures, 0);
-        assert!(w.admit(at, 0.0));
+        assert!(w.admit(at, || 0.0));
     }
 
     #[test]

@@ -28,7 +28,6 @@
 //! # }
 //! ```
 
-use std::fmt::Write as _;
 use std::future::Future;
 
 use http::{HeaderMap, HeaderValue};
@@ -60,8 +59,10 @@ fn nonzero<const N: usize>() -> [u8; N] {
 }
 
 fn hex(bytes: &[u8], out: &mut String) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        let _ = write!(out, "{b:02x}");
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
 }
 
@@ -86,9 +87,20 @@ fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
 impl TraceContext {
     /// A new trace, sampled.
     pub fn root() -> Self {
+        // One draw for both ids.
+        let ids: [u8; 24] = nonzero();
+        let (mut trace_id, mut span_id) = ([0; 16], [0; 8]);
+        trace_id.copy_from_slice(&ids[..16]);
+        span_id.copy_from_slice(&ids[16..]);
+        if trace_id == [0; 16] {
+            trace_id = nonzero();
+        }
+        if span_id == [0; 8] {
+            span_id = nonzero();
+        }
         Self {
-            trace_id: nonzero(),
-            span_id: nonzero(),
+            trace_id,
+            span_id,
             flags: 1,
             state: None,
         }
@@ -132,7 +144,8 @@ impl TraceContext {
         hex(&self.trace_id, &mut out);
         out.push('-');
         hex(&self.span_id, &mut out);
-        let _ = write!(out, "-{:02x}", self.flags);
+        out.push('-');
+        hex(&[self.flags], &mut out);
         out
     }
 
