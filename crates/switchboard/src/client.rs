@@ -328,10 +328,7 @@ fn tls(
         };
         return Ok(builder.tls_when_registered(tls));
     };
-    let read = |what: &str, path: &std::path::Path| {
-        std::fs::read(path)
-            .map_err(|e| Error::config(format!("Tls.{what}: cannot read {}: {e}", path.display())))
-    };
+    let read = crate::config::read_tls_file;
     let mut tls = match &section.ca_cert_file {
         Some(path) => TlsConfig::new()
             .ca_pem(&read("CACertFile", path)?)
@@ -351,8 +348,9 @@ fn tls(
     Ok(builder.tls(tls))
 }
 
-/// Past this, a successful call is logged as slow (go-zero's threshold).
-const SLOW_CALL: Duration = Duration::from_millis(500);
+/// Past this, a successful call is logged as slow (go-zero's threshold, for its clients and its
+/// servers' `StatConf.SlowThreshold`).
+pub(crate) const SLOW_CALL: Duration = Duration::from_millis(500);
 
 /// What typed clients run over: the balanced channel plus the client's default deadline.
 ///

@@ -798,6 +798,12 @@ fn yes() -> bool {
     true
 }
 
+/// The PEM file `path` of the `Tls` section's field `what`, or an error naming both.
+pub(crate) fn read_tls_file(what: &str, path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path)
+        .map_err(|e| Error::config(format!("Tls.{what}: cannot read {}: {e}", path.display())))
+}
+
 impl EtcdSection {
     /// Checks what serde cannot: members listed, a key, credentials and TLS files in pairs.
     pub(crate) fn check(&self) -> Result<(), Error> {

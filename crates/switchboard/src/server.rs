@@ -153,11 +153,7 @@ impl Server {
             server.id = etcd.id.filter(|id| *id > 0);
         }
         if let Some(tls) = &config.tls {
-            let read = |what: &str, path: &std::path::Path| {
-                std::fs::read(path).map_err(|e| {
-                    Error::config(format!("Tls.{what}: cannot read {}: {e}", path.display()))
-                })
-            };
+            let read = crate::config::read_tls_file;
             let ca = match &tls.ca_cert_file {
                 Some(path) => Some(read("CACertFile", path)?),
                 None => None,
@@ -182,9 +178,11 @@ impl Server {
                 .collect(),
             recover: m.recover,
             trace: m.trace,
-            slow: m
-                .stat
-                .then(|| m.stat_conf.slow_threshold.unwrap_or(SLOW_CALL)),
+            slow: m.stat.then(|| {
+                m.stat_conf
+                    .slow_threshold
+                    .unwrap_or(crate::client::SLOW_CALL)
+            }),
             metrics: m.prometheus,
             breakers: m.breaker.then(|| {
                 let name = config.name.as_deref().unwrap_or("server");
@@ -515,9 +513,6 @@ async fn termination_signal() -> std::io::Result<&'static str> {
         _ = int.recv() => "SIGINT",
     })
 }
-
-/// Past this, a call is logged as slow (go-zero's `StatConf.SlowThreshold` default).
-const SLOW_CALL: Duration = Duration::from_millis(500);
 
 fn resolver_error(e: switchboard_resolver::Error) -> Error {
     if e.is_config() {

@@ -156,10 +156,12 @@ pub(crate) struct TlsPolicy {
 
 impl TlsPolicy {
     pub(crate) fn new(config: TlsConfig, all: bool) -> Result<Self, TlsError> {
-        config.check()?;
         let built = std::sync::OnceLock::new();
-        // Settings that need no system files are built, and refused, at once.
-        if !config.system_roots {
+        // Settings that need no system files are built, and refused, at once; the others are
+        // checked now and built at the first connection that needs them.
+        if config.system_roots {
+            config.check()?;
+        } else {
             let _ = built.set(Ok(config.build()?));
         }
         Ok(Self { config, built, all })

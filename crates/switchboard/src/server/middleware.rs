@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt as _;
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use switchboard_balancer::breaker::{Admitted, Breakers};
 use tokio::time::Instant;
@@ -286,20 +286,16 @@ impl HttpBody for Watched {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        let code = match &polled {
-            Poll::Ready(Some(Ok(frame))) => frame.trailers_ref().map(code_of),
-            Poll::Ready(Some(Err(_))) => Some(Code::Internal),
-            Poll::Ready(None) => Some(Code::Ok),
+        // The call ends at its trailers (UNKNOWN without a status), an error, or the end.
+        let status = match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame.trailers_ref().map(|trailers| {
+                Status::from_header_map(trailers).unwrap_or_else(|| Status::new(Code::Unknown, ""))
+            }),
+            Poll::Ready(Some(Err(_))) => Some(Status::new(Code::Internal, "")),
+            Poll::Ready(None) => Some(Status::new(Code::Ok, "")),
             Poll::Pending => None,
         };
-        if let (Some(code), Some(end)) = (code, self.end.take()) {
-            let status = match &polled {
-                Poll::Ready(Some(Ok(frame))) => frame
-                    .trailers_ref()
-                    .and_then(Status::from_header_map)
-                    .unwrap_or_else(|| Status::new(code, "")),
-                _ => Status::new(code, ""),
-            };
+        if let (Some(status), Some(end)) = (status, self.end.take()) {
             end.end_with(&status);
         }
         polled
@@ -312,10 +308,4 @@ impl HttpBody for Watched {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
-}
-
-fn code_of(trailers: &HeaderMap) -> Code {
-    trailers
-        .get("grpc-status")
-        .map_or(Code::Unknown, |c| Code::from_bytes(c.as_bytes()))
 }
