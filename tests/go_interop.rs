@@ -5,7 +5,9 @@
 //! Rust servers that switchboard registered. Every kind of RPC (unary, server-streaming,
 //! client-streaming, bidi) goes through switchboard's channel to a grpc-go server, and a server
 //! or client stream the caller drops, a bidi call whose response the caller drops, or a call
-//! whose deadline passes, is seen cancelled there; gzip-compressed calls are decoded there.
+//! whose deadline passes, is seen cancelled there; gzip-compressed calls are decoded there; a
+//! rolling restart of grpc-go servers under every kind of call, 1 MiB requests among them, fails
+//! none.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -24,8 +26,8 @@ use switchboard_testkit::proto::user::{
     ChatMessage, Chunk, GetUserInfoRequest, UserInfo, WatchEventsRequest,
 };
 use switchboard_testkit::{
-    Etcd, ServerProcess, TestServer, child_command, go_client_follows_a_leave, go_conn, go_peak,
-    go_peer_bin, user_service,
+    Etcd, MixedLoad, ServerProcess, TestServer, child_command, go_client_follows_a_leave, go_conn,
+    go_peak, go_peer_bin, user_service,
 };
 use switchboard_tests::{PATIENCE, init_tracing};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -351,6 +353,53 @@ async fn a_grpc_go_server_with_max_connection_age_loses_no_call() -> Result<()> 
     );
     assert!(failed.is_empty(), "{failed:?}");
     assert!(conns.len() >= 3, "calls came over connections {conns:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_grpc_go_servers_under_every_kind_of_call_fails_none() -> Result<()> {
+    init_tracing();
+    let bin = go_peer_bin().await?;
+    let mut servers = Vec::new();
+    for name in ["g1", "g2", "g3"] {
+        servers.push(ServerProcess::spawn_with(&bin, name, 0, &[]).await?);
+    }
+    let addrs: Vec<SocketAddr> = servers.iter().map(ServerProcess::addr).collect();
+    let client = static_client(
+        &addrs,
+        "StreamTimeout: 10s\n\
+         StreamingMethods: [/user.User/Upload, /user.User/Chat, /user.User/WatchEvents]\n\
+         Backoff: {Initial: 50ms, Max: 200ms}\n",
+    )
+    .await?;
+    until(&client, "READY", |c| ready_count(c) == 3).await?;
+    let load = MixedLoad::start(&UserClient::new(client.channel()), 2);
+
+    // Each server in turn gets SIGTERM (grpc-go's GracefulStop: GOAWAY, the calls in flight
+    // finish), then starts again on its port; the next one only once the client is READY on it.
+    for i in 0..servers.len() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (name, addr) = (servers[i].name().to_owned(), servers[i].addr());
+        let status = servers[i].terminate().await?;
+        ensure!(status.success(), "{name} exited with {status}");
+        servers[i] = ServerProcess::spawn_with(&bin, &name, addr.port(), &[]).await?;
+        let addr = addr.to_string();
+        until(&client, "READY again", |c| {
+            c.balancer()
+                .snapshot()
+                .by_addr(&addr)
+                .is_some_and(|s| s.state == ConnectivityState::Ready)
+        })
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut failures = 0;
+    for tally in load.stop().await? {
+        println!("{tally}");
+        ensure!(tally.served > 0, "no {} call was served", tally.kind);
+        failures += tally.failed.len();
+    }
+    ensure!(failures == 0, "{failures} calls failed");
     Ok(())
 }
 

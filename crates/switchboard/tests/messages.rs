@@ -65,8 +65,8 @@ fn expect_exhausted<T: std::fmt::Debug>(
 async fn request_messages_over_the_limit_are_not_sent_and_streams_carrying_one_are_reset()
 -> Result<()> {
     let server = TestServer::start("limits").await?;
-    let client = client(&server, "MaxRequestMessageBytes: 65536\nRetry: {RetryableStatusCodes: [UNAVAILABLE, RESOURCE_EXHAUSTED]}\n").await?;
-    let users = Users::new(&client);
+    let limits = client(&server, "MaxRequestMessageBytes: 65536\nRetry: {RetryableStatusCodes: [UNAVAILABLE, RESOURCE_EXHAUSTED]}\n").await?;
+    let users = Users::new(&limits);
 
     // Within the limit, then over it: the large one never reaches the server, and is not
     // retried even though RESOURCE_EXHAUSTED is retryable here.
@@ -85,7 +85,7 @@ async fn request_messages_over_the_limit_are_not_sent_and_streams_carrying_one_a
     // call fails with RESOURCE_EXHAUSTED.
     let (tx, rx) = mpsc::channel(8);
     let call = tokio::spawn({
-        let mut c = raw(&client);
+        let mut c = raw(&limits);
         async move { c.upload(ReceiverStream::new(rx)).await }
     });
     for size in [1000, 1000, 1000, 100_000] {
@@ -102,7 +102,35 @@ async fn request_messages_over_the_limit_are_not_sent_and_streams_carrying_one_a
     let result = tokio::time::timeout(Duration::from_secs(10), call).await??;
     expect_exhausted(result, "request message of 100004 bytes")?;
     drop(tx);
-    all_closed(&server).await
+    all_closed(&server).await?;
+
+    // A method's lower limit from the service config: Login is held to 1 KiB, never sent;
+    // other methods keep the client's limit.
+    let config = r#"MaxRequestMessageBytes: 65536
+ServiceConfig: |
+  {"methodConfig": [{"name": [{"service": "user.User", "method": "Login"}],
+                     "maxRequestMessageBytes": 1024}]}
+"#;
+    let limited = client(&server, config).await?;
+    let users = Users::new(&limited);
+    users.login(login("b".repeat(900))).await?;
+    let served = server.served();
+    expect_exhausted(
+        users.login(login("b".repeat(2000))).await,
+        "larger than the limit of 1024 bytes",
+    )?;
+    ensure!(
+        server.served() == served,
+        "the server got the oversized call"
+    );
+    let summary = raw(&limited)
+        .upload(tokio_stream::iter([Chunk {
+            data: vec![3; 60_000],
+        }]))
+        .await?
+        .into_inner();
+    ensure!(summary.bytes == 60_000, "{summary:?}");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

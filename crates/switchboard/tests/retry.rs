@@ -394,8 +394,8 @@ async fn hedging_keeps_the_p99_far_below_a_slow_instance() -> Result<()> {
         "one instance 200 ms slow, 200 calls: p99 {without:?} plain, {with:?} hedged after 10 ms"
     );
     assert!(without >= Duration::from_millis(200), "{without:?}");
-    // The hedge after 10 ms goes to the fast instance; a busy machine gets room.
-    assert!(with < Duration::from_millis(100), "{with:?}");
+    // The hedge after 10 ms goes to the fast instance (the test runs alone: .config/nextest.toml).
+    assert!(with < Duration::from_millis(50), "{with:?}");
     Ok(())
 }
 

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use switchboard::{Client, ClientConfig, Streaming};
-use switchboard_testkit::TestServer;
 use switchboard_testkit::proto::user::user_client::UserClient;
 use switchboard_testkit::proto::user::{ChatMessage, Chunk, WatchEventsRequest};
+use switchboard_testkit::{MixedLoad, TestServer};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -113,38 +113,6 @@ async fn dropped_server_and_client_streams_are_cancelled_on_the_server() -> Resu
     all_closed(&server).await
 }
 
-/// What one kind of call got during a rolling restart.
-#[derive(Debug, Default)]
-struct Tally {
-    served: usize,
-    failed: Vec<String>,
-}
-
-/// Calls of one kind in a loop until `stop` (at most 10 000), checking each answer.
-fn call_loop<F, Fut>(
-    stop: &tokio::sync::watch::Receiver<bool>,
-    mut call: F,
-) -> tokio::task::JoinHandle<Tally>
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<()>> + Send,
-{
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        let mut tally = Tally::default();
-        for _ in 0..10_000 {
-            if *stop.borrow() {
-                break;
-            }
-            match call().await {
-                Ok(()) => tally.served += 1,
-                Err(e) => tally.failed.push(format!("{e:#}")),
-            }
-        }
-        tally
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_every_kind_of_call_fails_none() -> Result<()> {
     let mut servers = Vec::new();
@@ -160,103 +128,7 @@ async fn a_rolling_restart_under_every_kind_of_call_fails_none() -> Result<()> {
     );
     let client = Client::connect(ClientConfig::from_yaml(&yaml)?).await?;
     let users = UserClient::new(client.channel());
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let mut kinds = Vec::new();
-    for _ in 0..2 {
-        let u = users.clone();
-        kinds.push((
-            "unary",
-            call_loop(&stop, move || {
-                let mut u = u.clone();
-                async move {
-                    let request = switchboard_testkit::proto::user::GetUserInfoRequest { id: 1 };
-                    u.get_user_info(request).await?;
-                    Ok(())
-                }
-            }),
-        ));
-        let u = users.clone();
-        kinds.push((
-            "server stream",
-            call_loop(&stop, move || {
-                let mut u = u.clone();
-                async move {
-                    let request = WatchEventsRequest {
-                        id: 1,
-                        count: 5,
-                        interval_ms: 20,
-                    };
-                    let mut events = u.watch_events(request).await?.into_inner();
-                    let mut n = 0;
-                    while events.message().await?.is_some() {
-                        n += 1;
-                    }
-                    ensure!(n == 5, "{n} events of 5");
-                    Ok(())
-                }
-            }),
-        ));
-        let u = users.clone();
-        kinds.push((
-            "client stream",
-            call_loop(&stop, move || {
-                let mut u = u.clone();
-                async move {
-                    let (tx, rx) = mpsc::channel(2);
-                    tokio::spawn(async move {
-                        for _ in 0..50 {
-                            if tx.send(Chunk { data: vec![1; 100] }).await.is_err() {
-                                return;
-                            }
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                        }
-                    });
-                    let summary = u.upload(ReceiverStream::new(rx)).await?.into_inner();
-                    ensure!(summary.chunks == 50, "{summary:?}");
-                    Ok(())
-                }
-            }),
-        ));
-        let u = users.clone();
-        kinds.push((
-            "1 MiB request",
-            call_loop(&stop, move || {
-                let mut u = u.clone();
-                async move {
-                    let chunk = Chunk {
-                        data: vec![2; 1 << 20],
-                    };
-                    let summary = u.upload(tokio_stream::iter([chunk])).await?.into_inner();
-                    ensure!(summary.bytes == 1 << 20, "{summary:?}");
-                    Ok(())
-                }
-            }),
-        ));
-        let u = users.clone();
-        kinds.push((
-            "bidi",
-            call_loop(&stop, move || {
-                let mut u = u.clone();
-                async move {
-                    let (tx, rx) = mpsc::channel(4);
-                    let mut echoes = u.chat(ReceiverStream::new(rx)).await?.into_inner();
-                    for seq in 0..10u64 {
-                        let text = format!("m{seq}");
-                        let instance = String::new();
-                        tx.send(ChatMessage {
-                            seq,
-                            text,
-                            instance,
-                        })
-                        .await?;
-                        let echo = echoes.message().await?;
-                        ensure!(echo.is_some_and(|e| e.seq == seq), "echo {seq}");
-                    }
-                    Ok(())
-                }
-            }),
-        ));
-    }
+    let load = MixedLoad::start(&users, 2);
 
     // Each server in turn stops gracefully (GOAWAY, in-flight calls finish) and starts again
     // on its port; the next one only once the client is READY on it again.
@@ -284,17 +156,10 @@ async fn a_rolling_restart_under_every_kind_of_call_fails_none() -> Result<()> {
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop_tx.send_replace(true);
     let mut failures = 0;
-    for (kind, task) in kinds {
-        let tally = task.await?;
-        println!(
-            "{kind:>14}: {} served, {} failed {:?}",
-            tally.served,
-            tally.failed.len(),
-            tally.failed.iter().take(3).collect::<Vec<_>>()
-        );
-        ensure!(tally.served > 0, "no {kind} call was served");
+    for tally in load.stop().await? {
+        println!("{tally}");
+        ensure!(tally.served > 0, "no {} call was served", tally.kind);
         failures += tally.failed.len();
     }
     ensure!(failures == 0, "{failures} calls failed");

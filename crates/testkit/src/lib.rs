@@ -48,6 +48,7 @@
 mod child;
 mod etcd;
 mod go_peer;
+mod mixed;
 mod ports;
 mod process;
 pub mod proto;
@@ -62,6 +63,7 @@ pub use etcd::{Etcd, etcdctl_bin};
 pub use go_peer::{
     Followed, GoCall, GoClient, go_client_follows_a_leave, go_conn, go_peak, go_peer_bin,
 };
+pub use mixed::{KindTally, MixedLoad, UserChannel};
 pub use ports::{ClosedPort, free_port};
 pub use process::ServerProcess;
 pub use proxy::FaultProxy;
