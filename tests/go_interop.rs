@@ -377,12 +377,12 @@ async fn a_rolling_restart_of_grpc_go_servers_under_every_kind_of_call_fails_non
 
     // Each server in turn gets SIGTERM (grpc-go's GracefulStop: GOAWAY, the calls in flight
     // finish), then starts again on its port; the next one only once the client is READY on it.
-    for i in 0..servers.len() {
+    for server in &mut servers {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let (name, addr) = (servers[i].name().to_owned(), servers[i].addr());
-        let status = servers[i].terminate().await?;
+        let (name, addr) = (server.name().to_owned(), server.addr());
+        let status = server.terminate().await?;
         ensure!(status.success(), "{name} exited with {status}");
-        servers[i] = ServerProcess::spawn_with(&bin, &name, addr.port(), &[]).await?;
+        *server = ServerProcess::spawn_with(&bin, &name, addr.port(), &[]).await?;
         let addr = addr.to_string();
         until(&client, "READY again", |c| {
             c.balancer()

@@ -70,7 +70,7 @@ impl std::fmt::Display for KindTally {
 #[derive(Debug)]
 pub struct MixedLoad {
     stop: watch::Sender<bool>,
-    callers: Vec<(&'static str, JoinHandle<(usize, Vec<String>)>)>,
+    callers: Vec<JoinHandle<KindTally>>,
 }
 
 impl MixedLoad {
@@ -84,24 +84,21 @@ impl MixedLoad {
         let mut callers = Vec::new();
         for _ in 0..loops {
             let u = users.clone();
-            callers.push(("unary", caller(&stopped, move || unary(u.clone()))));
+            callers.push(caller("unary", &stopped, move || unary(u.clone())));
             let u = users.clone();
-            callers.push((
-                "server stream",
-                caller(&stopped, move || server_stream(u.clone())),
-            ));
+            callers.push(caller("server stream", &stopped, move || {
+                server_stream(u.clone())
+            }));
             let u = users.clone();
-            callers.push((
-                "client stream",
-                caller(&stopped, move || client_stream(u.clone())),
-            ));
+            callers.push(caller("client stream", &stopped, move || {
+                client_stream(u.clone())
+            }));
             let u = users.clone();
-            callers.push((
-                "1 MiB request",
-                caller(&stopped, move || large_request(u.clone())),
-            ));
+            callers.push(caller("1 MiB request", &stopped, move || {
+                large_request(u.clone())
+            }));
             let u = users.clone();
-            callers.push(("bidi", caller(&stopped, move || bidi(u.clone()))));
+            callers.push(caller("bidi", &stopped, move || bidi(u.clone())));
         }
         Self { stop, callers }
     }
@@ -110,43 +107,46 @@ impl MixedLoad {
     pub async fn stop(self) -> Result<Vec<KindTally>> {
         self.stop.send_replace(true);
         let mut tallies: Vec<KindTally> = Vec::new();
-        for (kind, task) in self.callers {
-            let (served, failed) = task.await?;
-            match tallies.iter_mut().find(|t| t.kind == kind) {
+        for task in self.callers {
+            let tally = task.await?;
+            match tallies.iter_mut().find(|t| t.kind == tally.kind) {
                 Some(t) => {
-                    t.served += served;
-                    t.failed.extend(failed);
+                    t.served += tally.served;
+                    t.failed.extend(tally.failed);
                 }
-                None => tallies.push(KindTally {
-                    kind,
-                    served,
-                    failed,
-                }),
+                None => tallies.push(tally),
             }
         }
         Ok(tallies)
     }
 }
 
-/// Calls in a loop until `stop` (at most [`MOST_CALLS`]): the calls served, and the failures.
-fn caller<F, Fut>(stop: &watch::Receiver<bool>, mut call: F) -> JoinHandle<(usize, Vec<String>)>
+/// Calls of `kind` in a loop until `stop` (at most [`MOST_CALLS`]).
+fn caller<F, Fut>(
+    kind: &'static str,
+    stop: &watch::Receiver<bool>,
+    mut call: F,
+) -> JoinHandle<KindTally>
 where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = Result<()>> + Send,
 {
     let stop = stop.clone();
     tokio::spawn(async move {
-        let (mut served, mut failed) = (0, Vec::new());
+        let mut tally = KindTally {
+            kind,
+            ..KindTally::default()
+        };
         for _ in 0..MOST_CALLS {
             if *stop.borrow() {
                 break;
             }
             match call().await {
-                Ok(()) => served += 1,
-                Err(e) => failed.push(format!("{e:#}")),
+                Ok(()) => tally.served += 1,
+                Err(e) => tally.failed.push(format!("{e:#}")),
             }
         }
-        (served, failed)
+        tally
     })
 }
 
