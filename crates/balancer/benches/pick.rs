@@ -32,6 +32,10 @@ impl Endpoint for Ready {
     fn rtt_estimate(&self, now: Instant) -> Option<f64> {
         self.rtt.estimate(now)
     }
+
+    fn peak_ewma(&self) -> Option<&PeakEwma> {
+        Some(&self.rtt)
+    }
 }
 
 /// `n` endpoints with load 0–3, weights 1–4 and RTT estimates around 1–3 ms.

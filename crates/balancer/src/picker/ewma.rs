@@ -18,8 +18,16 @@
 //! function of the last update and `now`, so reading it on every pick neither changes the
 //! estimate nor writes to a cache line shared between threads.
 //!
-//! The state is two atomics (the estimate's `f64` bits and the update time as nanoseconds since a
-//! base instant taken at construction), not a lock. Two `observe` calls racing on one endpoint
+//! **Comparing without decaying.** Two estimates read at the same time `now` compare as
+//! `rtt_a·e^(−(now−t_a)/τ)` against `rtt_b·e^(−(now−t_b)/τ)`: the factor `e^(−now/τ)` is common, so
+//! the order is that of `log2(rtt) + t/(τ·ln 2)`, a number fixed at each update ([`PeakEwma::key`]),
+//! with `t` counted from one origin for the whole process. `p2c_peak_ewma` compares keys, plus
+//! `log2(in_flight + 1)` for its cost: no `exp()` and no clock read per pick. (The order holds for
+//! any `now` at or after both updates, which is every pick's: a pick reads estimates updated
+//! before it.)
+//!
+//! The state is three atomics (the estimate's `f64` bits, the update time as nanoseconds since
+//! the process-wide origin, and the key's `f64` bits), not a lock. Two `observe` calls racing on one endpoint
 //! may lose one of the two samples, or pair one's estimate with the other's time. A sample is one
 //! RPC among many and the next one corrects the estimate, so this is accepted rather than paying
 //! for a lock on every response.
@@ -43,23 +51,29 @@
 //! assert!((later - 8e6 / std::f64::consts::E).abs() < 1.0);
 //! ```
 
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The `stamp` of an estimator that has no sample yet.
 const NEVER: u64 = u64::MAX;
 
+/// The instant every estimator counts its update times from, so that keys compare across them.
+static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+
 /// A peak-EWMA round-trip-time estimate in nanoseconds; see the [module docs](self).
 #[derive(Debug)]
 pub struct PeakEwma {
-    base: Instant,
+    /// `log2(rtt_ns) + stamp / (τ·ln 2)` as `f64` bits, NaN without a positive estimate: what
+    /// picks compare.
+    key: AtomicU64,
     /// `τ` in nanoseconds, at least 1.
     tau_ns: f64,
     /// `1/τ`, so that a read multiplies rather than divides.
     rate: f64,
     /// The estimate at `stamp`, as `f64` bits.
     rtt_ns: AtomicU64,
-    /// Nanoseconds from `base` to the last update, or `NEVER`.
+    /// Nanoseconds from [`ORIGIN`] to the last update, or `NEVER`.
     stamp: AtomicU64,
 }
 
@@ -71,8 +85,9 @@ impl PeakEwma {
     /// `decay` without samples, to 1/e). A zero `decay` is taken as 1 ns.
     pub fn new(decay: Duration) -> Self {
         let tau_ns = nanos(decay).max(1.0);
+        LazyLock::force(&ORIGIN);
         Self {
-            base: Instant::now(),
+            key: AtomicU64::new(f64::NAN.to_bits()),
             tau_ns,
             rate: tau_ns.recip(),
             rtt_ns: AtomicU64::new(0.0_f64.to_bits()),
@@ -103,8 +118,38 @@ impl PeakEwma {
             // An older `now` than the last update's does not move time backwards.
             (next, t.max(stamp))
         };
+        let key = if next > 0.0 {
+            next.log2() + t as f64 * self.rate * std::f64::consts::LOG2_E
+        } else {
+            f64::NAN
+        };
         self.rtt_ns.store(next.to_bits(), Ordering::Relaxed);
+        self.key.store(key.to_bits(), Ordering::Relaxed);
         self.stamp.store(t, Ordering::Release);
+    }
+
+    /// A number whose order between estimators of the same decay time is the order of their
+    /// estimates decayed to any one time at or after both last updates: `log2` of the estimate
+    /// plus the update time over `τ·ln 2`. `None` before the first sample, or while the estimate
+    /// is 0. See the [module docs](self).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use switchboard_balancer::picker::PeakEwma;
+    ///
+    /// let (a, b) = (PeakEwma::default(), PeakEwma::default());
+    /// let t0 = Instant::now();
+    /// a.observe(Duration::from_millis(10), t0);
+    /// b.observe(Duration::from_millis(4), t0 + Duration::from_secs(20));
+    /// // 20 s (2τ) later, a's 10 ms has decayed to 1.35 ms, below b's fresh 4 ms.
+    /// let later = t0 + Duration::from_secs(20);
+    /// assert!(a.estimate(later) < b.estimate(later));
+    /// assert!(a.key() < b.key());
+    /// ```
+    #[inline]
+    pub fn key(&self) -> Option<f64> {
+        let key = f64::from_bits(self.key.load(Ordering::Relaxed));
+        (!key.is_nan()).then_some(key)
     }
 
     /// The estimate in nanoseconds, decayed from the last update to `now`; `None` before the first
@@ -129,12 +174,11 @@ impl PeakEwma {
         (-(elapsed as f64) * self.rate).exp()
     }
 
-    /// Nanoseconds from `base` to `now` (0 before `base`), below `NEVER`.
+    /// Nanoseconds from [`ORIGIN`] to `now` (0 before it), below `NEVER`.
     #[inline]
     fn since_base(&self, now: Instant) -> u64 {
-        // In u64 rather than through `Duration::as_nanos`: its u128 arithmetic doubled the cost
-        // of an estimate, which p2c_peak_ewma reads twice per pick.
-        let d = now.saturating_duration_since(self.base);
+        // In u64 rather than through `Duration::as_nanos`, whose u128 arithmetic is slower.
+        let d = now.saturating_duration_since(*ORIGIN);
         d.as_secs()
             .saturating_mul(1_000_000_000)
             .saturating_add(u64::from(d.subsec_nanos()))

@@ -123,6 +123,13 @@ pub trait Endpoint: Send + Sync {
     /// response. See [`PeakEwma::estimate`].
     fn rtt_estimate(&self, now: Instant) -> Option<f64>;
 
+    /// The [`PeakEwma`] behind [`Endpoint::rtt_estimate`], if it is one. `p2c_peak_ewma` then
+    /// compares two endpoints by their [`PeakEwma::key`] rather than decaying both estimates to
+    /// the present: no `exp()` and no clock read per pick. Defaults to `None`.
+    fn peak_ewma(&self) -> Option<&PeakEwma> {
+        None
+    }
+
     /// Its stable identity: the instance's key in the registry, which `ring_hash` places it on
     /// the ring by. Defaults to `""`; endpoints used with `ring_hash` must give distinct keys.
     fn key(&self) -> &str {

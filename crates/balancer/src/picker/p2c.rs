@@ -15,8 +15,12 @@
 //!   distinct, the single most loaded endpoint is never chosen while there are three or more.
 //! - **Load.** Plain p2c compares [`Endpoint::in_flight`]. With peak-EWMA the load is Finagle's
 //!   and tower's cost, `rtt × (in_flight + 1)`: the latency estimate from
-//!   [`Endpoint::rtt_estimate`] (see [`PeakEwma`](super::PeakEwma)) times the RPCs that would
-//!   then be outstanding. [`Picker::pick`] reads the clock once; [`P2c::pick_at`] takes the time
+//!   [`Endpoint::rtt_estimate`] (see [`PeakEwma`]) times the RPCs that would then be
+//!   outstanding. Endpoints whose estimate is a [`PeakEwma`] ([`Endpoint::peak_ewma`]) are
+//!   compared by `key + log2(in_flight + 1)`, which orders them as those costs do at any time
+//!   after their last samples without decaying either ([`PeakEwma::key`]): a pick then costs
+//!   about what a plain p2c pick does, with no clock read and no `exp()`. Otherwise
+//!   [`Picker::pick`] reads the clock and decays both estimates; [`P2c::pick_at`] takes the time
 //!   from a caller that has read it already.
 //! - **No estimate yet.** An endpoint that has not answered yet has no RTT. Finagle
 //!   (`loadbalancer/PeakEwma.scala`) gives it cost 0 while it has nothing in flight, so that a new
@@ -31,7 +35,7 @@
 use std::time::Instant;
 
 use super::rng::{AtomicSplitMix, bounded};
-use super::{Endpoint, Pick, Picker};
+use super::{Endpoint, PeakEwma, Pick, Picker};
 
 /// The cost of an endpoint with RPCs in flight and no latency estimate yet, in nanoseconds
 /// (Finagle's `Long.MaxValue >> 16`).
@@ -76,8 +80,7 @@ impl<T: Endpoint> P2c<T> {
             return Pick::Queue;
         };
         let first = if self.peak_ewma {
-            let now = now();
-            peak_ewma_cost(ea, now) <= peak_ewma_cost(eb, now)
+            peak_ewma_first(ea, eb, now)
         } else {
             ea.in_flight() <= eb.in_flight()
         };
@@ -107,6 +110,105 @@ impl<T> P2c<T> {
         (a as usize, b as usize)
     }
 }
+
+/// Whether `a` costs no more than `b` by peak-EWMA. Where both estimates are [`PeakEwma`]s with
+/// a sample, compares `key + log2(in_flight + 1)`: the order of Finagle's costs at any time after
+/// both samples, with neither the clock nor `exp()`. Otherwise (an endpoint with no sample yet,
+/// or estimates of another kind), decays both to `now` and compares the costs themselves.
+#[inline]
+fn peak_ewma_first<T: Endpoint>(a: &T, b: &T, now: impl FnOnce() -> Instant) -> bool {
+    if let (Some(ka), Some(kb)) = (
+        a.peak_ewma().and_then(PeakEwma::key),
+        b.peak_ewma().and_then(PeakEwma::key),
+    ) {
+        let (pa, pb) = (a.in_flight(), b.in_flight());
+        return if pa == pb {
+            ka <= kb
+        } else {
+            ka + log2_1p(pa) <= kb + log2_1p(pb)
+        };
+    }
+    let now = now();
+    peak_ewma_cost(a, now) <= peak_ewma_cost(b, now)
+}
+
+/// `log2(n + 1)`, from a table below 64.
+#[inline]
+fn log2_1p(n: u64) -> f64 {
+    usize::try_from(n)
+        .ok()
+        .and_then(|i| LOG2_1P.get(i))
+        .copied()
+        .unwrap_or_else(|| (n as f64 + 1.0).log2())
+}
+
+/// `log2(i + 1)` for `i` in `0..64`.
+const LOG2_1P: [f64; 64] = [
+    0.0,
+    1.0,
+    1.584962500721156,
+    2.0,
+    2.321928094887362,
+    2.584962500721156,
+    2.807354922057604,
+    3.0,
+    3.169925001442312,
+    std::f64::consts::LOG2_10,
+    3.4594316186372973,
+    3.584962500721156,
+    3.700439718141092,
+    3.807354922057604,
+    3.9068905956085187,
+    4.0,
+    4.087462841250339,
+    4.169925001442312,
+    4.247927513443585,
+    4.321928094887363,
+    4.392317422778761,
+    4.459431618637297,
+    4.523561956057013,
+    4.584962500721156,
+    4.643856189774724,
+    4.700439718141092,
+    4.754887502163468,
+    4.807354922057604,
+    4.857980995127572,
+    4.906890595608519,
+    4.954196310386875,
+    5.0,
+    5.044394119358453,
+    5.087462841250339,
+    5.129283016944966,
+    5.169925001442312,
+    5.20945336562895,
+    5.247927513443585,
+    5.285402218862249,
+    5.321928094887363,
+    5.357552004618084,
+    5.392317422778761,
+    5.426264754702098,
+    5.459431618637297,
+    5.491853096329675,
+    5.523561956057013,
+    5.554588851677638,
+    5.584962500721156,
+    5.614709844115208,
+    5.643856189774724,
+    5.672425341971495,
+    5.700439718141092,
+    5.727920454563199,
+    5.754887502163468,
+    5.78135971352466,
+    5.807354922057604,
+    5.832890014164741,
+    5.857980995127572,
+    5.882643049361842,
+    5.906890595608519,
+    5.930737337562887,
+    5.954196310386875,
+    5.977279923499917,
+    6.0,
+];
 
 /// Finagle's peak-EWMA cost of sending one more RPC to `e`, in nanoseconds.
 #[inline]

@@ -320,6 +320,8 @@ fn p2c_peak_ewma_probes_an_endpoint_without_estimate_once() {
 struct Measured {
     id: usize,
     rtt: PeakEwma,
+    /// Whether the picker sees the estimator itself ([`Endpoint::peak_ewma`]) and compares keys.
+    keyed: bool,
 }
 
 impl Endpoint for Measured {
@@ -334,34 +336,121 @@ impl Endpoint for Measured {
     fn rtt_estimate(&self, now: Instant) -> Option<f64> {
         self.rtt.estimate(now)
     }
+
+    fn peak_ewma(&self) -> Option<&PeakEwma> {
+        self.keyed.then_some(&self.rtt)
+    }
 }
 
 #[test]
 fn p2c_peak_ewma_pick_at_decays_estimates_to_the_given_time() {
     let tau = Duration::from_secs(10);
     let t0 = Instant::now();
-    let slow = Measured {
-        id: 0,
-        rtt: PeakEwma::new(tau),
-    };
-    let fast = Measured {
-        id: 1,
-        rtt: PeakEwma::new(tau),
-    };
-    slow.rtt.observe(Duration::from_millis(10), t0);
-    fast.rtt.observe(Duration::from_millis(4), t0 + 2 * tau);
-    let picker = Policy::P2cPeakEwma.build(vec![slow, fast], 6, |_| false);
     let id = |pick: Pick<'_, Measured>| match pick {
         Pick::Ready(m) => m.id,
         Pick::Queue | Pick::Fail(_) => usize::MAX,
     };
-    // At t0 + 2τ the 10 ms peak has decayed to 1.35 ms, below the fresh 4 ms.
-    for _ in 0..100 {
-        assert_eq!(id(picker.pick_at(t0 + 2 * tau)), 0);
+    // Decayed to the pick's time (keyed: false), or compared by key (keyed: true): the same
+    // choices at any time after both samples.
+    for keyed in [false, true] {
+        let slow = Measured {
+            id: 0,
+            rtt: PeakEwma::new(tau),
+            keyed,
+        };
+        let fast = Measured {
+            id: 1,
+            rtt: PeakEwma::new(tau),
+            keyed,
+        };
+        slow.rtt.observe(Duration::from_millis(10), t0);
+        fast.rtt.observe(Duration::from_millis(4), t0 + 2 * tau);
+        let picker = Policy::P2cPeakEwma.build(vec![slow, fast], 6, |_| false);
+        // At t0 + 2τ the 10 ms peak has decayed to 1.35 ms, below the fresh 4 ms.
+        for _ in 0..100 {
+            assert_eq!(id(picker.pick_at(t0 + 2 * tau)), 0, "keyed: {keyed}");
+            assert_eq!(id(picker.pick_at(t0 + 5 * tau)), 0, "keyed: {keyed}");
+        }
     }
-    // At t0 it has not decayed (and the 4 ms sample is not older than that).
+    // At t0 + τ/2, before the fast one's sample, only the decayed reading is defined.
+    let slow = Measured {
+        id: 0,
+        rtt: PeakEwma::new(tau),
+        keyed: false,
+    };
+    let fast = Measured {
+        id: 1,
+        rtt: PeakEwma::new(tau),
+        keyed: false,
+    };
+    slow.rtt.observe(Duration::from_millis(10), t0);
+    fast.rtt.observe(Duration::from_millis(4), t0 + 2 * tau);
+    let picker = Policy::P2cPeakEwma.build(vec![slow, fast], 6, |_| false);
     for _ in 0..100 {
-        assert_eq!(id(picker.pick_at(t0)), 1);
+        assert_eq!(id(picker.pick_at(t0 + tau / 2)), 1);
+    }
+}
+
+/// An endpoint with a real estimator and a given load, for comparing key and decayed costs.
+struct Loaded {
+    rtt: PeakEwma,
+    in_flight: u64,
+    keyed: bool,
+}
+
+impl Endpoint for Loaded {
+    fn in_flight(&self) -> u64 {
+        self.in_flight
+    }
+
+    fn weight(&self) -> u32 {
+        1
+    }
+
+    fn rtt_estimate(&self, now: Instant) -> Option<f64> {
+        self.rtt.estimate(now)
+    }
+
+    fn peak_ewma(&self) -> Option<&PeakEwma> {
+        self.keyed.then_some(&self.rtt)
+    }
+}
+
+proptest! {
+    /// Comparing keys plus `log2(in_flight + 1)` chooses as comparing the decayed costs does,
+    /// at any time after both samples, wherever the two costs are not within rounding.
+    #[test]
+    fn peak_ewma_keys_order_endpoints_as_their_decayed_costs(
+        samples in prop::collection::vec((1u64..50_000_000, 0u64..120_000), 1..6),
+        others in prop::collection::vec((1u64..50_000_000, 0u64..120_000), 1..6),
+        loads in (0u64..200, 0u64..200),
+        later_ms in 0u64..200_000,
+    ) {
+        let t0 = Instant::now();
+        let endpoint = |samples: &[(u64, u64)], in_flight, keyed| {
+            let rtt = PeakEwma::new(Duration::from_secs(10));
+            let mut at = t0;
+            for &(ns, gap_ms) in samples {
+                at += Duration::from_millis(gap_ms);
+                rtt.observe(Duration::from_nanos(ns), at);
+            }
+            (Loaded { rtt, in_flight, keyed }, at)
+        };
+        for keyed in [true, false] {
+            let (a, at_a) = endpoint(&samples, loads.0, keyed);
+            let (b, at_b) = endpoint(&others, loads.1, keyed);
+            let now = at_a.max(at_b) + Duration::from_millis(later_ms);
+            let cost = |e: &Loaded| e.rtt.estimate(now).unwrap_or(0.0) * (e.in_flight as f64 + 1.0);
+            let (ca, cb) = (cost(&a), cost(&b));
+            prop_assume!(ca > 0.0 && cb > 0.0 && (ca / cb - 1.0).abs() > 1e-9);
+            // With two endpoints p2c draws both: the choice is the cheaper one.
+            let picker = P2c::new(vec![a, b], 1, true);
+            let chose_a = match picker.pick_at(now) {
+                Pick::Ready(e) => std::ptr::eq(e, &picker.endpoints()[0]),
+                Pick::Queue | Pick::Fail(_) => false,
+            };
+            prop_assert_eq!(chose_a, ca < cb, "keyed: {}, costs {} and {}", keyed, ca, cb);
+        }
     }
 }
 

@@ -203,6 +203,11 @@ impl<S: Send + Sync> Endpoint for Ready<S> {
         self.0.sub.rtt.estimate(now)
     }
 
+    #[inline]
+    fn peak_ewma(&self) -> Option<&PeakEwma> {
+        Some(&self.0.sub.rtt)
+    }
+
     fn key(&self) -> &str {
         &self.0.sub.key
     }
