@@ -16,6 +16,7 @@
 //
 //	switchboard-peer [serve] [flags] # prints "listening 127.0.0.1:PORT", then one line per event
 //	switchboard-peer call [flags]    # prints one line per call: "ok INSTANCE DETAIL" or "error CODE MESSAGE"
+//	switchboard-peer bench -targets ADDR[,ADDR…] # the benchmark suite's grpc-go client (bench.go)
 //
 // The events a server prints, so that tests can see what it saw:
 //
@@ -80,20 +81,22 @@ func main() {
 	// A test harness that is killed takes its peers with it: SIGKILL when the parent dies.
 	syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0)
 	if len(os.Args) < 2 {
-		fail("usage: switchboard-peer serve|call [flags]")
+		fail("usage: switchboard-peer serve|call|bench [flags]")
 	}
 	switch os.Args[1] {
 	case "serve":
 		serve(os.Args[2:])
 	case "call":
 		call(os.Args[2:])
+	case "bench":
+		bench(os.Args[2:])
 	default:
 		// `switchboard-peer --name N --port P …` serves, as the test-server binary does.
 		if strings.HasPrefix(os.Args[1], "-") {
 			serve(os.Args[1:])
 			return
 		}
-		fail("unknown command %q (known: serve, call)", os.Args[1])
+		fail("unknown command %q (known: serve, call, bench)", os.Args[1])
 	}
 }
 

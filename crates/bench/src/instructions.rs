@@ -23,6 +23,8 @@ const WARMUP: u64 = 200;
 /// How a contender is made.
 #[derive(Clone, Copy)]
 enum Made {
+    /// A tonic client over one bare hyper HTTP/2 connection.
+    Hyper,
     /// A direct tonic `Channel`.
     Tonic,
     /// switchboard's balancer without the facade.
@@ -31,7 +33,8 @@ enum Made {
     Facade(&'static str),
 }
 
-const CONTENDERS: [(&str, Made); 7] = [
+const CONTENDERS: [(&str, Made); 8] = [
+    ("bare hyper connection", Made::Hyper),
     ("tonic Channel", Made::Tonic),
     ("switchboard balancer alone", Made::Balancer),
     (
@@ -71,6 +74,7 @@ pub(crate) fn child(args: &[String]) -> Result<()> {
         .build()?;
     runtime.block_on(async move {
         let mut caller = match *made {
+            Made::Hyper => Caller::hyper(addr).await?,
             Made::Tonic => Caller::tonic_direct(addr).await?,
             Made::Balancer => Caller::facade("", addr, Rpc::Unary)
                 .await?
@@ -123,13 +127,18 @@ pub(crate) async fn count(place: &Placement, report: &mut Report) -> Result<()> 
         per_rpc.push(per);
     }
     let scenario = "instructions per unary RPC (callgrind), 1 server, c=1";
-    let (tonic, alone) = (per_rpc[0], per_rpc[1]);
+    let (hyper, tonic, alone) = (per_rpc[0], per_rpc[1], per_rpc[2]);
+    let defaults = CONTENDERS
+        .iter()
+        .position(|(name, _)| name.starts_with("facade, defaults ("))
+        .map_or(f64::NAN, |i| per_rpc[i]);
     for ((name, _), per) in CONTENDERS.iter().zip(&per_rpc) {
         report.row(
             scenario,
             *name,
             format!(
-                "{per:.0} · {:.2}× tonic · {:.2}× the balancer alone ({:+.0})",
+                "{per:.0} · {:.2}× bare hyper · {:.2}× tonic · {:.2}× the balancer alone ({:+.0})",
+                per / hyper,
                 per / tonic,
                 per / alone,
                 per - alone
@@ -138,6 +147,13 @@ pub(crate) async fn count(place: &Placement, report: &mut Report) -> Result<()> 
             Verdict::Info,
         );
     }
+    report.row(
+        scenario,
+        "switchboard's defaults ÷ bare hyper connection",
+        format!("{:.2}×", defaults / hyper),
+        "≤ 1.05×",
+        Verdict::of(defaults / hyper <= 1.05),
+    );
     report.note(format!(
         "Instructions: client only (the server runs natively), unary calls one at a time; \
          ({} − {} RPCs) runs' difference ÷ {}.",

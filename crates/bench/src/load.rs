@@ -18,6 +18,7 @@ use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::limits::cpu_time;
+use crate::peers::{GoClient, HyperConn};
 
 /// No caller sends more RPCs than this in one run, however fast the servers are.
 const MAX_RPCS_PER_CALLER: u64 = 20_000_000;
@@ -43,6 +44,10 @@ pub(crate) enum Caller {
     Facade(UserClient<switchboard::Channel>, Rpc, switchboard::Client),
     /// The balancer under switchboard's facade, alone: no deadline, no retry layer.
     Balancer(UserClient<Balancer>, Rpc, switchboard::Client),
+    /// A tonic client over one bare hyper HTTP/2 connection: the floor.
+    Hyper(UserClient<HyperConn>),
+    /// grpc-go's `ClientConn` in the conformance peer's process, which runs the load itself.
+    Go(Arc<GoClient>),
 }
 
 /// What an RPC of the load is.
@@ -120,6 +125,13 @@ impl Caller {
         Ok(caller)
     }
 
+    /// A tonic client over one bare hyper HTTP/2 connection to `addr`.
+    pub(crate) async fn hyper(addr: SocketAddr) -> Result<Self> {
+        let origin = format!("http://{addr}").parse()?;
+        let conn = HyperConn::connect(addr).await?;
+        Ok(Self::Hyper(UserClient::with_origin(conn, origin)))
+    }
+
     /// switchboard's `Client` over the fixed `addrs`, with the facade's defaults (2 s
     /// deadline, up to 3 attempts on UNAVAILABLE, keepalive 20 s) and `policy`.
     pub(crate) async fn switchboard(addrs: &[SocketAddr], policy: Policy) -> Result<Self> {
@@ -166,7 +178,7 @@ impl Caller {
     pub(crate) fn client(&self) -> Option<&switchboard::Client> {
         match self {
             Self::Switchboard(_, c) | Self::Facade(_, _, c) | Self::Balancer(_, _, c) => Some(c),
-            Self::Tonic { .. } => None,
+            Self::Tonic { .. } | Self::Hyper(_) | Self::Go(_) => None,
         }
     }
 
@@ -178,6 +190,12 @@ impl Caller {
             Self::Switchboard(c, _) => c.get_user_info(request).await?,
             Self::Facade(c, rpc, _) => return rpc.send(c).await,
             Self::Balancer(c, rpc, _) => return rpc.send(c).await,
+            Self::Hyper(c) => c.get_user_info(request).await?,
+            Self::Go(_) => {
+                return Err(tonic::Status::unimplemented(
+                    "the grpc-go client runs its own load",
+                ));
+            }
         };
         Ok(reply.into_inner().instance)
     }
@@ -245,6 +263,9 @@ pub(crate) async fn run(
     duration: Duration,
     by_instance: bool,
 ) -> Result<Sample> {
+    if let Caller::Go(go) = caller {
+        return go.run(concurrency, duration).await;
+    }
     let started = Instant::now();
     let until = started + duration;
     let cpu_before = cpu_time();

@@ -4,9 +4,14 @@
 //! `user.User` service of `proto/user.proto`) in child processes and a real etcd, all on
 //! 127.0.0.1, runs each scenario for a bounded time and prints a markdown table: every measure
 //! with its goal, met or missed, then the absolute medians of each contender. `--quick` runs
-//! shorter rounds and fewer trials (about a minute); `--only PART` runs one part (`overhead`,
+//! shorter rounds and fewer trials (about a minute); `--only PART` runs one part (`peers`, `overhead`,
 //! `features`, `instructions`, `slow`, `kill`, `stop`, `membership`, `scale`).
 //!
+//! - **Peers**: switchboard with its defaults against a bare hyper HTTP/2 connection, tonic's
+//!   `Channel` and `balance_channel`, and grpc-go's `ClientConn` (direct and `round_robin`),
+//!   against tonic and grpc-go servers, 1 and 3 servers, 1, 64 and 256 callers, on a
+//!   current-thread runtime (client pinned to core 0, servers to core 1) and then on a
+//!   multi-thread runtime (nothing pinned). See `peers`.
 //! - **Overhead**: switchboard (round-robin, p2c) over one server ÷ a direct tonic `Channel`,
 //!   concurrency 1 and 64: RPS, p50, p99, client CPU per RPC.
 //! - **Throughput**: switchboard over three servers ÷ tonic's `Channel::balance_channel` over
@@ -38,6 +43,7 @@ mod instructions;
 mod limits;
 mod load;
 mod membership;
+mod peers;
 mod report;
 mod scale;
 mod servers;
@@ -50,7 +56,7 @@ use crate::report::Report;
 use crate::servers::Placement;
 
 /// The command line.
-const USAGE: &str = "usage: switchboard-bench [--quick] [--only overhead|features|instructions|slow|kill|stop|membership|scale]";
+const USAGE: &str = "usage: switchboard-bench [--quick] [--only peers|overhead|features|instructions|slow|kill|stop|membership|scale]";
 
 /// How long each part of the suite runs.
 #[derive(Clone, Debug)]
@@ -79,6 +85,20 @@ impl Settings {
     /// Whether the scenario `name` runs.
     fn runs(&self, name: &str) -> bool {
         self.only.as_deref().is_none_or(|o| name.starts_with(o))
+    }
+
+    /// The settings of the comparisons against every peer, which are many: 3 rounds of 1 s
+    /// (0.5 s with `--quick`) per contender.
+    fn for_peers(&self) -> Self {
+        Self {
+            rounds: 3,
+            round: if self.quick {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_secs(1)
+            },
+            ..self.clone()
+        }
     }
 
     fn new(quick: bool) -> Self {
@@ -141,7 +161,26 @@ fn main() -> Result<()> {
         .build()?;
     let started = Instant::now();
     let load_before = loadavg();
-    let report = runtime.block_on(run(&place, &settings))?;
+    let mut report = runtime.block_on(run(&place, &settings))?;
+    // Tear the runtime down before the next starts, so that every child is reaped.
+    drop(runtime);
+    if settings.runs("peers") {
+        // The same comparisons on a multi-thread runtime: the client's threads, the servers and
+        // the grpc-go client all free to use every core.
+        let unpinned = place.unpin_self()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let peers = settings.for_peers();
+        let r = runtime.block_on(peers::against_peers(
+            &unpinned,
+            &peers,
+            "multi-thread",
+            &mut report,
+        ));
+        noted(&mut report, "peers on a multi-thread runtime", r);
+        drop(runtime);
+    }
     let load_after = loadavg();
     let cores = place.cores;
     println!(
@@ -158,8 +197,6 @@ fn main() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     print!("{}", report.markdown());
-    // Tear the runtime down before the process exits, so that every child is reaped.
-    drop(runtime);
     Ok(())
 }
 
@@ -175,6 +212,11 @@ async fn run(place: &Placement, settings: &Settings) -> Result<Report> {
         "Ratios are contender ÷ baseline per round, then the median over rounds with the range \
          (min–max) in parentheses; RPS above 1× and latency or CPU below 1× favour switchboard.",
     );
+    if settings.runs("peers") {
+        let r =
+            peers::against_peers(place, &settings.for_peers(), "current-thread", &mut report).await;
+        noted(&mut report, "peers on a current-thread runtime", r);
+    }
     if settings.runs("overhead") {
         let r = compare::overhead_and_throughput(place, settings, &mut report).await;
         noted(&mut report, "overhead and throughput", r);

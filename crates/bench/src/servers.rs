@@ -54,6 +54,22 @@ impl Placement {
         Ok(Self { exe, pinned, cores })
     }
 
+    /// Lets this thread (hence every thread started after it) run on every core again; the
+    /// placement of what starts next, servers unpinned too.
+    pub(crate) fn unpin_self(&self) -> Result<Self> {
+        if self.pinned {
+            let mut set = nix::sched::CpuSet::new();
+            for core in 0..self.cores {
+                set.set(core)?;
+            }
+            nix::sched::sched_setaffinity(Pid::from_raw(0), &set)?;
+        }
+        Ok(Self {
+            pinned: false,
+            ..self.clone()
+        })
+    }
+
     /// Starts a server process serving `servers` (name, reply delay).
     pub(crate) async fn spawn(&self, servers: &[(&str, Duration)]) -> Result<ServerGroup> {
         let specs: Vec<String> = servers

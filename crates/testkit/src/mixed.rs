@@ -66,7 +66,11 @@ impl std::fmt::Display for KindTally {
     }
 }
 
-/// Callers of every kind of call; see the [module docs](self).
+/// Callers of every kind of `user.User` call, in loops, checking each answer: the load a
+/// rolling restart runs under. [`MixedLoad::start`] runs, over any channel a tonic client
+/// takes, callers of unary `GetUserInfo`, a server stream of 5 `WatchEvents` 20 ms apart, a
+/// client stream of 50 `Upload` chunks 1 ms apart, one 1 MiB `Upload` chunk, and a bidi `Chat`
+/// of 10 echoes in turn. tonic servers (`TestServer`) and the grpc-go peer answer alike.
 #[derive(Debug)]
 pub struct MixedLoad {
     stop: watch::Sender<bool>,
