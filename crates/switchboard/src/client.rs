@@ -225,6 +225,9 @@ impl Client {
                 balancer,
                 timeout,
                 stream_timeout: config.stream_timeout,
+                default_headers: Arc::new(
+                    [timeout, config.stream_timeout].map(|t| t.map(timeout_header)),
+                ),
                 streaming: config.streaming_methods.clone().into(),
                 retry,
                 methods,
@@ -370,6 +373,8 @@ pub struct Channel {
     timeout: Option<Duration>,
     /// The default deadline of streaming RPCs.
     stream_timeout: Option<Duration>,
+    /// `grpc-timeout` of `timeout` and of `stream_timeout`, made once.
+    default_headers: Arc<[Option<HeaderValue>; 2]>,
     /// The streaming methods by path (`/svc/*` for a whole service).
     streaming: Arc<[String]>,
     /// Shared by clones, with its throttling bucket.
@@ -388,6 +393,15 @@ pub struct Channel {
     call_log: bool,
     /// Whether RPCs carry the caller's trace (`traceparent`).
     trace: bool,
+}
+
+/// The header a deadline goes in.
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
+/// `grpc-timeout` for `t`, in milliseconds (at most the 8 digits gRPC allows).
+fn timeout_header(t: Duration) -> HeaderValue {
+    let millis = t.as_millis().min(99_999_999);
+    HeaderValue::try_from(format!("{millis}m")).unwrap_or(HeaderValue::from_static("99999999m"))
 }
 
 /// Asks the breaker of `path`, if its balancer keeps them, whether a unary RPC goes.
@@ -450,12 +464,12 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
         // Unary calls get the client's default deadline, streams the streaming one.
         let extensions = request.extensions();
         let streaming = extensions.get::<Streaming>().is_some() || self.is_streaming(request.uri());
-        let default = if extensions.get::<NoDefaultTimeout>().is_some() {
-            None
+        let (default, default_header) = if extensions.get::<NoDefaultTimeout>().is_some() {
+            (None, None)
         } else if streaming {
-            self.stream_timeout
+            (self.stream_timeout, self.default_headers[1].as_ref())
         } else {
-            self.timeout
+            (self.timeout, self.default_headers[0].as_ref())
         };
         // The caller's deadline stands unless the method's is shorter; without either, the
         // default.
@@ -463,14 +477,14 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
             switchboard_balancer::grpc_timeout(request.headers()),
             method_timeout,
         ) {
-            (Some(caller), Some(m)) if m < caller => (Some(m), true),
-            (Some(caller), _) => (Some(caller), false),
-            (None, m) => (m.or(default), true),
+            (Some(caller), Some(m)) if m < caller => (Some(m), Some(timeout_header(m))),
+            (Some(caller), _) => (Some(caller), None),
+            (None, Some(m)) => (Some(m), Some(timeout_header(m))),
+            // The client's default, whose header was made once.
+            (None, None) => (default, default_header.cloned()),
         };
-        if let (Some(t), true) = (timeout, send) {
-            if let Ok(v) = HeaderValue::from_str(&format!("{}m", t.as_millis().min(99_999_999))) {
-                request.headers_mut().insert("grpc-timeout", v);
-            }
+        if let Some(value) = send {
+            request.headers_mut().insert(GRPC_TIMEOUT, value);
         }
         if self.trace {
             crate::trace::propagate(request.headers_mut());
@@ -559,7 +573,7 @@ fn log_failure(
 ) {
     match result {
         Ok(response) => {
-            let status = response.headers().get("grpc-status");
+            let status = response.headers().get(&crate::retry::GRPC_STATUS);
             if let Some(code) = status.filter(|c| c.as_bytes() != b"0") {
                 let code = tonic::Code::from_bytes(code.as_bytes());
                 tracing::error!(method, ?elapsed, ?code, "[RPC] fail");

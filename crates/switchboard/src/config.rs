@@ -274,8 +274,8 @@ pub struct MiddlewaresSection {
     /// deadline it sets itself, or its method's.
     #[serde(default, alias = "timeout")]
     pub timeout: Option<bool>,
-    /// go-zero's tracing interceptor, on unless `false`: every RPC carries the caller's W3C
-    /// trace (`traceparent`, `tracestate`) on, or starts one; see [`crate::trace`].
+    /// go-zero's tracing interceptor, on unless `false`: an RPC made inside a trace carries it
+    /// on (`traceparent`, `tracestate`) in a new span; see [`crate::trace`].
     #[serde(default, alias = "trace")]
     pub trace: Option<bool>,
     /// go-zero's call log, on unless `false`: every failed call logged at ERROR (`[RPC] fail`,

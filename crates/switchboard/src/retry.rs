@@ -98,7 +98,12 @@ pub(crate) const MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_RETRY_BUFFER: usize = 256 * 1024;
 
 const PUSHBACK: &str = "grpc-retry-pushback-ms";
-const PREVIOUS_ATTEMPTS: &str = "grpc-previous-rpc-attempts";
+const PREVIOUS_ATTEMPTS: http::HeaderName =
+    http::HeaderName::from_static("grpc-previous-rpc-attempts");
+
+/// gRPC's headers, named once rather than parsed on every lookup.
+pub(crate) const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 
 /// A client's retry policy, with its throttling bucket.
 #[derive(Debug)]
@@ -391,7 +396,7 @@ fn outcome<B>(result: &Result<Response<B>, BoxError>) -> Outcome {
     match result {
         Ok(response) => {
             let headers = response.headers();
-            match headers.get("grpc-status") {
+            match headers.get(&GRPC_STATUS) {
                 None => Outcome::Committed,
                 Some(value) => {
                     let code = value
@@ -517,7 +522,7 @@ impl Sent {
             // Rounded up: the server's deadline must not come before the caller's.
             let ms = left.as_micros().div_ceil(1000).clamp(1, 99_999_999);
             if let Ok(v) = HeaderValue::from_str(&format!("{ms}m")) {
-                headers.insert("grpc-timeout", v);
+                headers.insert(GRPC_TIMEOUT, v);
             }
         }
         request

@@ -2,9 +2,10 @@
 //! middlewares carry it: a client sends the caller's trace on, and a server runs each handler
 //! in the trace its caller sent, so the calls a handler makes continue it.
 //!
-//! - **Client** ([`crate::Channel`], `Middlewares.Trace`, on by default): an RPC whose request
-//!   has no `traceparent` gets one: the current trace ([`TraceContext::current`]) with a new
-//!   span id (the RPC's), or, outside any trace, a new sampled trace. `tracestate` goes along.
+//! - **Client** ([`crate::Channel`], `Middlewares.Trace`, on by default): an RPC made inside a
+//!   trace ([`TraceContext::current`]) whose request has no `traceparent` gets one: that trace
+//!   with a new span id (the RPC's). `tracestate` goes along. Outside any trace it sends none, as
+//!   go-zero's client with no tracer set up: traces start at entry points and servers.
 //! - **Server** ([`crate::Server::from_config`], `Middlewares.Trace`): a call's handler runs
 //!   in [`scope`] with the trace of its `traceparent` (a new span id, the server's), or a new
 //!   trace if it has none or an invalid one.
@@ -30,7 +31,7 @@
 
 use std::future::Future;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 tokio::task_local! {
     static CURRENT: TraceContext;
@@ -117,7 +118,7 @@ impl TraceContext {
     /// The trace of these headers (`traceparent`, `tracestate`), if they carry a valid one
     /// (version `00`, or a later version read as `00` says to).
     pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
-        let parent = headers.get("traceparent")?.to_str().ok()?.trim();
+        let parent = headers.get(&TRACEPARENT)?.to_str().ok()?.trim();
         let mut parts = parent.split('-');
         let version = parts.next()?;
         let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
@@ -133,7 +134,7 @@ impl TraceContext {
             trace_id: unhex(trace)?,
             span_id: unhex(span)?,
             flags: u8::from_str_radix(flags, 16).ok()?,
-            state: headers.get("tracestate").cloned(),
+            state: headers.get(&TRACESTATE).cloned(),
         })
     }
 
@@ -162,10 +163,10 @@ impl TraceContext {
     /// Writes this context into `headers`.
     pub fn inject(&self, headers: &mut HeaderMap) {
         if let Ok(v) = HeaderValue::from_str(&self.traceparent()) {
-            headers.insert("traceparent", v);
+            headers.insert(TRACEPARENT, v);
         }
         if let Some(state) = &self.state {
-            headers.insert("tracestate", state.clone());
+            headers.insert(TRACESTATE, state.clone());
         }
     }
 }
@@ -176,17 +177,24 @@ pub async fn scope<F: Future>(context: TraceContext, future: F) -> F::Output {
     CURRENT.scope(context, future).await
 }
 
-/// For the client: gives a request without `traceparent` the current trace's child, or a new
-/// trace.
+/// For the client: gives a request without `traceparent` the current trace's child. Outside
+/// any trace it sends none, as go-zero's client does with no tracer set up: a trace starts
+/// where a program's entry point or a server starts it.
 pub(crate) fn propagate(headers: &mut HeaderMap) {
-    if headers.contains_key("traceparent") {
+    // Inside a trace, unless the caller set its own.
+    let Ok(context) =
+        CURRENT.try_with(|current| (!headers.contains_key(&TRACEPARENT)).then(|| current.child()))
+    else {
         return;
+    };
+    if let Some(context) = context {
+        context.inject(headers);
     }
-    let context = CURRENT
-        .try_with(TraceContext::child)
-        .unwrap_or_else(|_| TraceContext::root());
-    context.inject(headers);
 }
+
+/// The W3C headers, named once.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 #[cfg(test)]
 mod tests {
@@ -225,11 +233,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_gets_the_current_traces_child_or_a_new_trace() {
+    async fn a_request_gets_the_current_traces_child_and_none_outside_a_trace() {
         let mut h = HeaderMap::new();
         propagate(&mut h);
-        let root = TraceContext::from_headers(&h).expect("a new trace");
-        assert_eq!(root.flags, 1);
+        assert!(h.is_empty(), "{h:?}");
+        assert_eq!(TraceContext::root().flags, 1);
         let parent = TraceContext {
             flags: 0,
             state: Some(HeaderValue::from_static("vendor=1")),
@@ -244,10 +252,15 @@ mod tests {
         let child = TraceContext::from_headers(&sent).expect("propagated");
         assert_eq!(child.trace_id, parent.trace_id);
         assert_ne!(child.span_id, parent.span_id);
-        assert_eq!((child.flags, child.state), (0, parent.state));
-        // A caller's own traceparent stands.
+        assert_eq!((child.flags, child.state), (0, parent.state.clone()));
+        // A caller's own traceparent stands, inside a trace too.
         let mut own = headers("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         propagate(&mut own);
+        let own = scope(parent, async move {
+            propagate(&mut own);
+            own
+        })
+        .await;
         assert_eq!(
             own["traceparent"],
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

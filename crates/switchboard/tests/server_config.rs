@@ -348,19 +348,26 @@ async fn the_callers_trace_goes_through_a_server_to_the_calls_it_makes() -> Resu
         "{got}"
     );
 
-    // A client outside any trace starts one; `Middlewares: {Trace: false}` sends none.
-    let mut users = UserClient::new(switchboard::Client::connect(client("")?).await?.channel());
+    // A client outside any trace sends none, as go-zero's does with no tracer set up; inside
+    // one it sends it on, unless `Middlewares: {Trace: false}`.
+    let outside = switchboard::Client::connect(client("")?).await?;
+    let mut users = UserClient::new(outside.channel());
     users.get_user_info(GetUserInfoRequest { id: 1 }).await?;
+    let got = seen.lock().expect("not poisoned").pop().flatten();
+    ensure!(got.is_none(), "{got:?}");
+    let root = switchboard::trace::TraceContext::root();
+    let root_id = root.trace_id_hex();
+    switchboard::trace::scope(root, users.get_user_info(GetUserInfoRequest { id: 1 })).await?;
     let got = seen.lock().expect("not poisoned").pop().flatten();
     ensure!(
         got.as_deref()
-            .is_some_and(|t| t.len() == 55 && !t.contains(trace_id)),
+            .is_some_and(|t| t.len() == 55 && t.contains(&root_id)),
         "{got:?}"
     );
     let off = switchboard::Client::connect(client("Middlewares: {Trace: false}\n")?).await?;
-    UserClient::new(off.channel())
-        .get_user_info(GetUserInfoRequest { id: 1 })
-        .await?;
+    let mut users = UserClient::new(off.channel());
+    let call = users.get_user_info(GetUserInfoRequest { id: 1 });
+    switchboard::trace::scope(switchboard::trace::TraceContext::root(), call).await?;
     let got = seen.lock().expect("not poisoned").pop().flatten();
     ensure!(got.is_none(), "{got:?}");
     front.shutdown().await;

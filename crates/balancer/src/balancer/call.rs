@@ -196,10 +196,15 @@ pub fn is_unprocessed(status: &Status) -> bool {
     std::error::Error::source(status).is_some_and(|s| s.is::<Unprocessed>())
 }
 
+/// gRPC's headers, named once rather than parsed on every lookup.
+pub(crate) const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+pub(crate) const GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 /// The `grpc-status` in these headers (or trailers), if there is one (UNKNOWN if it is not a
 /// number).
 fn grpc_status(headers: &HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?.as_bytes();
+    let value = headers.get(&GRPC_STATUS)?.as_bytes();
     if value == b"0" {
         return Some(Code::Ok);
     }
@@ -213,7 +218,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<Code> {
 /// The deadline a request carries in its `grpc-timeout` header (up to 8 digits and a unit: H,
 /// M, S, m, u, n), or `None` if it has none or it is malformed.
 pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.as_bytes();
+    let value = headers.get(&GRPC_TIMEOUT)?.as_bytes();
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -342,10 +347,10 @@ impl ResponseBody {
 /// The trailers that carry `status`.
 fn status_trailers(status: &Status) -> HeaderMap {
     let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
+    trailers.insert(GRPC_STATUS, http::HeaderValue::from(status.code() as i32));
     // Messages are ours, in plain ASCII: nothing to percent-encode.
     if let Ok(message) = http::HeaderValue::from_str(status.message()) {
-        trailers.insert("grpc-message", message);
+        trailers.insert(GRPC_MESSAGE, message);
     }
     trailers
 }

@@ -325,7 +325,7 @@ impl Balancer {
                             // is DEADLINE_EXCEEDED, as in grpc-go.
                             let failed = response
                                 .headers()
-                                .get("grpc-status")
+                                .get(&call::GRPC_STATUS)
                                 .is_some_and(|c| c.as_bytes() != b"0");
                             if failed && deadline.is_some_and(|d| Instant::now() >= d) {
                                 return Err(Status::deadline_exceeded(format!(
