@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::Either;
 use http::{Request, Response};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -302,7 +303,13 @@ impl Balancer {
             let status = match picked {
                 Ok(ready) => {
                     let span = attempt_span(&inner.target, &ready.0.sub.addr, &request);
-                    let attempt = send_on(handle, &ready, request, now).instrument(span);
+                    let attempt = send_on(handle, &ready, request, now);
+                    // Entered on every poll only where someone listens at DEBUG.
+                    let attempt = if span.is_disabled() {
+                        Either::Left(attempt)
+                    } else {
+                        Either::Right(attempt.instrument(span))
+                    };
                     let sent = match timer.as_mut() {
                         Some(timer) => tokio::select! {
                             sent = attempt => sent,
