@@ -40,6 +40,20 @@ pub struct Args {
     /// The key prefix user.rpc registers under.
     #[arg(long, default_value = "user.rpc")]
     pub key: String,
+    /// Worker threads, each with a current-thread runtime, its own share of the HTTP
+    /// connections and its own connections to every user.rpc instance (switchboard's
+    /// `PerWorker`), so that a request never leaves its thread. Defaults to one per core; `0`
+    /// serves from one multi-thread runtime over one client's connections.
+    #[arg(long, env = "GATEWAY_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+impl Args {
+    /// The worker threads to run: `--workers`, or one per core.
+    pub fn workers(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+    }
 }
 
 switchboard::typed_client! {

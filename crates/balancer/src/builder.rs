@@ -69,6 +69,8 @@ pub struct Builder {
     authority: Option<String>,
     slow_call: Option<Duration>,
     breaker: bool,
+    /// Another balancer's breakers, shared ([`Builder::breakers_of`]).
+    shared_breakers: Option<Arc<crate::breaker::Breakers>>,
 }
 
 /// How many calls wait at most for a free stream when every instance's peer has reached its
@@ -133,6 +135,7 @@ impl Default for Builder {
             authority: None,
             slow_call: None,
             breaker: false,
+            shared_breakers: None,
         }
     }
 }
@@ -376,6 +379,14 @@ impl Builder {
         self
     }
 
+    /// Shares `other`'s per-method breakers, if it keeps them, instead of keeping its own:
+    /// balancers of the same service in one process (one per runtime worker, say) then throttle
+    /// together, as one client would, and each one's snapshot shows them.
+    pub fn breakers_of(mut self, other: &Balancer) -> Self {
+        self.shared_breakers = other.shared_breakers();
+        self
+    }
+
     /// Whether the balancer records its metrics through the `metrics` facade (on unless
     /// turned off): picks, results, durations, sub-channel states, instances, resolver updates.
     /// The per-instance figures [`crate::metrics::render_instances`] renders from snapshots
@@ -454,9 +465,10 @@ impl Builder {
             limits: self.limits,
             authority,
             slow_call: self.slow_call,
-            breakers: self
-                .breaker
-                .then(|| crate::breaker::Breakers::new(&self.target, self.metrics)),
+            breakers: self.shared_breakers.clone().or_else(|| {
+                self.breaker
+                    .then(|| Arc::new(crate::breaker::Breakers::new(&self.target, self.metrics)))
+            }),
             _close: close,
         })))
     }

@@ -38,6 +38,7 @@ mod etcd;
 mod instance;
 mod memory;
 mod resolution;
+mod shared;
 mod static_resolver;
 
 pub use backoff::BackoffConfig;
@@ -49,4 +50,5 @@ pub use etcd::{
 pub use instance::{Change, Instance, InstanceSet, Update};
 pub use memory::{MemoryRegistry, MemoryResolver};
 pub use resolution::{Closed, Publisher, Resolution, Resolve, ResolverStatus};
+pub use shared::SharedResolution;
 pub use static_resolver::StaticResolver;

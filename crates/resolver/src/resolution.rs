@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use crate::instance::Update;
 
 /// How many updates a resolution buffers before its producer waits for the consumer.
-const CAPACITY: usize = 1024;
+pub(crate) const CAPACITY: usize = 1024;
 
 /// Something that can start resolving: each call gives an independent [`Resolution`].
 pub trait Resolve {
@@ -56,6 +56,8 @@ pub struct Resolution {
     status: watch::Receiver<ResolverStatus>,
     task: Option<JoinHandle<()>>,
     _keep: Option<Publisher>,
+    /// The shared resolution this one subscribes to, kept alive by it.
+    _shared: Option<std::sync::Arc<crate::shared::Shared>>,
 }
 
 impl Resolution {
@@ -74,8 +76,25 @@ impl Resolution {
                 status: status_rx,
                 task: None,
                 _keep: None,
+                _shared: None,
             },
         )
+    }
+
+    /// A subscription to a shared resolution: its updates, the resolver's status, and the
+    /// shared state it keeps alive.
+    pub(crate) fn fed(
+        updates: mpsc::Receiver<Update>,
+        status: watch::Receiver<ResolverStatus>,
+        shared: std::sync::Arc<crate::shared::Shared>,
+    ) -> Self {
+        Self {
+            updates,
+            status,
+            task: None,
+            _keep: None,
+            _shared: Some(shared),
+        }
     }
 
     /// Ties a background task to this resolution: it is aborted when the resolution is dropped.

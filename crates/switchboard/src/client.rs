@@ -9,7 +9,7 @@ use http::{HeaderValue, Request};
 use switchboard_balancer::breaker::Admitted;
 use switchboard_balancer::{Balancer, ConnectBackoff, MessageLimits, ResponseFuture, WaitForReady};
 use switchboard_resolver::{
-    EtcdConfig, EtcdResolver, EtcdTls, Resolution, Resolve, StaticResolver,
+    EtcdConfig, EtcdResolver, EtcdTls, Resolution, Resolve, SharedResolution, StaticResolver,
 };
 
 use crate::config::{ClientConfig, Compression, ThrottlingSection};
@@ -35,6 +35,15 @@ pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Clone, Debug)]
 pub struct Client {
     channel: Channel,
+    /// With `PerWorker`: what [`Client::per_worker`] builds each worker's balancer from.
+    workers: Option<Arc<Workers>>,
+}
+
+/// The shared resolution and the balancer settings of a `PerWorker` client's workers.
+#[derive(Debug)]
+struct Workers {
+    resolution: SharedResolution,
+    builder: switchboard_balancer::Builder,
 }
 
 impl Client {
@@ -217,10 +226,25 @@ impl Client {
             Some(false) => None,
             _ => config.timeout.filter(|t| !t.is_zero()),
         };
+        // PerWorker: one resolution for the client's balancer and every worker's.
+        let (resolution, workers) = if config.per_worker {
+            let shared = resolution.share();
+            (shared.subscribe(), Some((shared, builder.clone())))
+        } else {
+            (resolution, None)
+        };
         let balancer = builder
             .build(resolution)
             .map_err(|e| Error::config("invalid client settings").with_source(e))?;
+        // The workers' balancers share this one's breakers.
+        let workers = workers.map(|(resolution, builder)| {
+            Arc::new(Workers {
+                resolution,
+                builder: builder.breakers_of(&balancer),
+            })
+        });
         Ok(Self {
+            workers,
             channel: Channel {
                 balancer,
                 timeout,
@@ -253,6 +277,34 @@ impl Client {
     /// The balancer under the channel: its state and channelz-like snapshot.
     pub fn balancer(&self) -> &Balancer {
         &self.channel.balancer
+    }
+
+    /// A client of the same instances with connections of its own, whose tasks (its balancer,
+    /// its sub-channels, their HTTP/2 connections) run on the tokio runtime current at the
+    /// call. Called once in each of N current-thread runtimes (a thread per core), each
+    /// thread's RPCs are picked, sent and answered on that thread, over connections no other
+    /// thread touches: Envoy's per-worker connection pools. On a multi-thread runtime each
+    /// call still gives a balancer of its own, but tokio may move its tasks between threads.
+    ///
+    /// The workers follow the client's resolution (one etcd watch for all, through
+    /// [`SharedResolution`]) and share its settings, its retry throttle and its per-method
+    /// breakers; each keeps its own sub-channels, their health and their counts, in its own
+    /// [`Client::balancer`] snapshot. The client must be built with `PerWorker: true`.
+    pub fn per_worker(&self) -> Result<Client, Error> {
+        let workers = self.workers.as_ref().ok_or_else(|| {
+            Error::config("per_worker: the client was built without PerWorker: true")
+        })?;
+        let balancer = workers
+            .builder
+            .clone()
+            .build(workers.resolution.subscribe())
+            .map_err(|e| Error::config("invalid client settings").with_source(e))?;
+        let mut channel = self.channel.clone();
+        channel.balancer = balancer;
+        Ok(Client {
+            channel,
+            workers: self.workers.clone(),
+        })
     }
 }
 

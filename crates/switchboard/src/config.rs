@@ -59,6 +59,11 @@ pub struct ClientConfig {
     /// until one is READY, and fails otherwise.
     #[serde(default = "yes", alias = "non_block")]
     pub non_block: bool,
+    /// Lets [`Client::per_worker`](crate::Client::per_worker) give each runtime worker its own
+    /// connections (Envoy's per-worker connection pools): the client's resolution is shared
+    /// among them, so one etcd watch feeds them all. `false` by default.
+    #[serde(default, alias = "per_worker")]
+    pub per_worker: bool,
     /// The default deadline of every unary RPC (milliseconds, or `"2s"`). `0` means none.
     /// Defaults to 2 s, as go-zero, which applies it to unary calls only: streaming RPCs (those
     /// marked [`Streaming`](crate::Streaming), or listed in `StreamingMethods`) get
@@ -692,6 +697,7 @@ impl Default for ClientConfig {
             endpoints: Vec::new(),
             target: None,
             non_block: true,
+            per_worker: false,
             timeout: default_timeout(),
             stream_timeout: None,
             streaming_methods: Vec::new(),

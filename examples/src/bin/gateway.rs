@@ -60,7 +60,7 @@ async fn main() -> Result<()> {
         }
         .instrument(tracing::info_span!("metrics_upkeep")),
     );
-    let config = match (&args.user_rpc, &args.etcd) {
+    let mut config = match (&args.user_rpc, &args.etcd) {
         (Some(file), _) => ClientConfig::from_file(file)?,
         (None, Some(hosts)) => {
             // NonBlock by default: the gateway serves (503 on /healthz) until an instance is READY.
@@ -68,44 +68,90 @@ async fn main() -> Result<()> {
         }
         (None, None) => bail!("give --user-rpc FILE or --etcd HOSTS"),
     };
+    let workers = args.workers();
+    config.per_worker |= workers > 0;
     let client = tokio::select! {
         client = Client::connect(config) => client.context("connecting to user.rpc")?,
         _ = terminate.recv() => return Ok(()),
         _ = interrupt.recv() => return Ok(()),
     };
-    let app = switchboard_examples::gateway::router_with_metrics(client, metrics);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, "gateway listening");
+    tracing::info!(addr = %local, workers, "gateway listening");
     // On stdout, for whoever started it on port 0.
     println!("gateway listening on {local}");
-    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
-    let serve = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let name = tokio::select! {
-                _ = terminate.recv() => "SIGTERM",
-                _ = interrupt.recv() => "SIGINT",
-            };
-            tracing::info!(
-                signal = name,
-                "stopping: no new connections, finishing the requests in flight"
-            );
-            let _ = stopping_tx.send(());
-        })
-        .into_future();
-    // Requests in flight get DRAIN to finish (each is bounded by its gRPC deadline anyway).
-    let drained = async {
-        if stopping.await.is_ok() {
-            tokio::time::sleep(DRAIN).await;
-        } else {
-            std::future::pending::<()>().await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let serving = if workers == 0 {
+        let app = switchboard_examples::gateway::router_with_metrics(client, metrics);
+        let mut stopped = stopped;
+        let serve = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.changed().await;
+            })
+            .into_future();
+        tokio::spawn(async move { serve.await.context("serving HTTP") })
+    } else {
+        // Each worker accepts on the same socket, on its own thread and runtime, over its own
+        // connections to user.rpc.
+        let listener = listener.into_std()?;
+        let mut threads = Vec::new();
+        for i in 0..workers {
+            let (listener, client) = (listener.try_clone()?, client.clone());
+            let (metrics, mut stopped) = (metrics.clone(), stopped.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("gateway-worker-{i}"))
+                .spawn(move || -> Result<()> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    runtime.block_on(async move {
+                        let local = client.per_worker()?;
+                        let app =
+                            switchboard_examples::gateway::router_with_metrics(local, metrics);
+                        let listener = tokio::net::TcpListener::from_std(listener)?;
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(async move {
+                                let _ = stopped.changed().await;
+                            })
+                            .await
+                            .context("serving HTTP")
+                    })
+                })
+                .context("starting a worker thread")?;
+            threads.push(thread);
         }
+        tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                match thread.join() {
+                    Ok(served) => served?,
+                    Err(_) => bail!("a worker thread panicked"),
+                }
+            }
+            Ok(())
+        })
     };
+    let signal = async {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(
+            signal = name,
+            "stopping: no new connections, finishing the requests in flight"
+        );
+    };
+    tokio::pin!(serving);
     tokio::select! {
-        served = serve => served.context("serving HTTP")?,
-        () = drained => tracing::warn!(?DRAIN, "requests still in flight after the drain period; exiting"),
+        served = &mut serving => return served.context("a worker stopped")?,
+        () = signal => {}
+    }
+    let _ = stop.send(true);
+    // Requests in flight get DRAIN to finish (each is bounded by its gRPC deadline anyway).
+    tokio::select! {
+        served = serving => served.context("a worker stopped")??,
+        () = tokio::time::sleep(DRAIN) => tracing::warn!(?DRAIN, "requests still in flight after the drain period; exiting"),
     }
     tracing::info!("gateway stopped");
     Ok(())

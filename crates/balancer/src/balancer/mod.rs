@@ -79,7 +79,7 @@ pub(crate) struct Handle {
     /// With the call log on, the time past which a successful call is logged as slow.
     pub(crate) slow_call: Option<Duration>,
     /// The breaker of each method, if the balancer keeps them.
-    pub(crate) breakers: Option<crate::breaker::Breakers>,
+    pub(crate) breakers: Option<Arc<crate::breaker::Breakers>>,
     /// Dropped with the last handle: stops the worker.
     pub(crate) _close: tokio::sync::oneshot::Sender<()>,
 }
@@ -162,7 +162,12 @@ impl Balancer {
 
     /// The per-method breakers, if it was built with [`crate::Builder::breaker`].
     pub fn breakers(&self) -> Option<&crate::breaker::Breakers> {
-        self.handle.breakers.as_ref()
+        self.handle.breakers.as_deref()
+    }
+
+    /// The breakers, to share with another balancer.
+    pub(crate) fn shared_breakers(&self) -> Option<Arc<crate::breaker::Breakers>> {
+        self.handle.breakers.clone()
     }
 
     /// The sub-channel for `request`, its call counted: the picker's choice if its peer has a
