@@ -142,7 +142,11 @@ impl Caller {
 
     /// switchboard's `Client` from `config`, once `ready` sub-channels are READY.
     pub(crate) async fn switchboard_with(config: ClientConfig, ready: usize) -> Result<Self> {
-        let client = switchboard::Client::connect(config).await?;
+        Self::from_client(switchboard::Client::connect(config).await?, ready).await
+    }
+
+    /// A switchboard caller over `client`, once `ready` sub-channels are READY.
+    pub(crate) async fn from_client(client: switchboard::Client, ready: usize) -> Result<Self> {
         let deadline = Instant::now() + READY_LIMIT;
         while client.balancer().snapshot().ready() < ready {
             if Instant::now() > deadline {

@@ -4,7 +4,7 @@
 //! `user.User` service of `proto/user.proto`) in child processes and a real etcd, all on
 //! 127.0.0.1, runs each scenario for a bounded time and prints a markdown table: every measure
 //! with its goal, met or missed, then the absolute medians of each contender. `--quick` runs
-//! shorter rounds and fewer trials (about a minute); `--only PART` runs one part (`peers`, `overhead`,
+//! shorter rounds and fewer trials (about a minute); `--only PART` runs one part (`peers`, `workers`, `overhead`,
 //! `features`, `instructions`, `slow`, `kill`, `stop`, `membership`, `scale`).
 //!
 //! - **Peers**: switchboard with its defaults against a bare hyper HTTP/2 connection, tonic's
@@ -12,6 +12,9 @@
 //!   against tonic and grpc-go servers, 1 and 3 servers, 1, 64 and 256 callers, on a
 //!   current-thread runtime (client pinned to core 0, servers to core 1) and then on a
 //!   multi-thread runtime (nothing pinned). See `peers`.
+//! - **Workers**: switchboard over three servers with 64 callers on one multi-thread runtime
+//!   sharing one client, against one current-thread runtime per core each with its own
+//!   connections (`PerWorker`). See `workers`.
 //! - **Overhead**: switchboard (round-robin, p2c) over one server ÷ a direct tonic `Channel`,
 //!   concurrency 1 and 64: RPS, p50, p99, client CPU per RPC.
 //! - **Throughput**: switchboard over three servers ÷ tonic's `Channel::balance_channel` over
@@ -47,6 +50,7 @@ mod peers;
 mod report;
 mod scale;
 mod servers;
+mod workers;
 
 use std::time::{Duration, Instant};
 
@@ -56,7 +60,7 @@ use crate::report::Report;
 use crate::servers::Placement;
 
 /// The command line.
-const USAGE: &str = "usage: switchboard-bench [--quick] [--only peers|overhead|features|instructions|slow|kill|stop|membership|scale]";
+const USAGE: &str = "usage: switchboard-bench [--quick] [--only peers|workers|overhead|features|instructions|slow|kill|stop|membership|scale]";
 
 /// How long each part of the suite runs.
 #[derive(Clone, Debug)]
@@ -180,6 +184,11 @@ fn main() -> Result<()> {
         ));
         noted(&mut report, "peers on a multi-thread runtime", r);
         drop(runtime);
+    }
+    if settings.runs("workers") {
+        let unpinned = place.unpin_self()?;
+        let r = workers::per_worker(&unpinned, &settings.for_peers(), &mut report);
+        noted(&mut report, "PerWorker", r);
     }
     let load_after = loadavg();
     let cores = place.cores;
