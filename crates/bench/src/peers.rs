@@ -241,6 +241,10 @@ pub(crate) async fn against_peers(
     runtime: &str,
     report: &mut Report,
 ) -> Result<()> {
+    report.note(format!(
+        "peers, {runtime}: {} rounds of {:?} per contender per comparison.",
+        settings.rounds, settings.round
+    ));
     for kind in [ServerKind::Tonic, ServerKind::GrpcGo] {
         let (addrs, _tonic, _go) = match kind {
             ServerKind::Tonic => {

@@ -19,7 +19,11 @@ use tokio::task::JoinHandle;
 use crate::instance::{InstanceSet, Update};
 use crate::resolution::{CAPACITY, Resolution, ResolverStatus};
 
-/// A resolution any number of consumers follow; see the [module docs](self).
+/// A resolution any number of consumers follow, from [`Resolution::share`]: each
+/// [`SharedResolution::subscribe`] gives a [`Resolution`] that starts with a reset to the set as
+/// it is now (once the resolver has listed it) and then gets every update, in order, with the
+/// resolver's own status. One task applies each update to a copy of the set and passes it on;
+/// it stops, and the resolver with it, once this and every subscription are dropped.
 #[derive(Clone, Debug)]
 pub struct SharedResolution {
     inner: Arc<Shared>,
