@@ -59,7 +59,7 @@ pub(crate) async fn alternate(
 }
 
 /// The spread over rounds of `f(contender) ÷ f(baseline)`.
-fn ratio(base: &[Sample], other: &[Sample], f: impl Fn(&Sample) -> f64) -> Spread {
+pub(crate) fn ratio(base: &[Sample], other: &[Sample], f: impl Fn(&Sample) -> f64) -> Spread {
     let ratios: Vec<f64> = base.iter().zip(other).map(|(b, o)| f(o) / f(b)).collect();
     Spread::of(&ratios)
 }
@@ -127,10 +127,21 @@ fn ratio_rows(
         );
     }
     let (_, _, text) = describe(base_again);
+    aa_and_medians(report, scenario, (base_name, base), text, others);
+}
+
+/// The A/A row of the baseline (its ratios to itself, `aa`), then every contender's medians.
+pub(crate) fn aa_and_medians(
+    report: &mut Report,
+    scenario: &str,
+    (base_name, base): (&str, &[Sample]),
+    aa: String,
+    others: &[(&str, &[Sample])],
+) {
     report.row(
         scenario,
         format!("A/A: {base_name} ÷ itself (noise floor)"),
-        text,
+        aa,
         "",
         Verdict::Info,
     );

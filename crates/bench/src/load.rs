@@ -238,6 +238,18 @@ pub(crate) struct Sample {
 }
 
 impl Sample {
+    /// A sample of nothing yet, to add runs into.
+    pub(crate) fn empty() -> Self {
+        Self {
+            ok: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            cpu: Duration::ZERO,
+            latency: histogram(),
+            by_instance: HashMap::new(),
+        }
+    }
+
     /// Successful RPCs per second.
     pub(crate) fn rps(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -302,14 +314,7 @@ pub(crate) async fn run(
             (latency, per, ok, errors)
         }));
     }
-    let mut sample = Sample {
-        ok: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        cpu: Duration::ZERO,
-        latency: histogram(),
-        by_instance: HashMap::new(),
-    };
+    let mut sample = Sample::empty();
     for task in tasks {
         let (latency, per, ok, errors) = task.await?;
         sample.latency.add(&latency)?;

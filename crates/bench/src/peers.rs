@@ -25,8 +25,8 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Mutex;
 
 use crate::Settings;
-use crate::compare::{alternate, medians};
-use crate::load::{Caller, Sample, histogram};
+use crate::compare::{aa_and_medians, alternate, ratio};
+use crate::load::{Caller, Sample};
 use crate::report::{Report, Spread, Verdict};
 use crate::servers::Placement;
 
@@ -128,14 +128,7 @@ fn parse_result(line: &str) -> Result<Sample> {
     let rest = line
         .strip_prefix("result ")
         .ok_or_else(|| anyhow!("unexpected line from the grpc-go client: {line:?}"))?;
-    let mut sample = Sample {
-        ok: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        cpu: Duration::ZERO,
-        latency: histogram(),
-        by_instance: std::collections::HashMap::new(),
-    };
+    let mut sample = Sample::empty();
     for field in rest.split_whitespace() {
         let (key, value) = field
             .split_once('=')
@@ -320,7 +313,7 @@ async fn one_server(
         );
         // p99 against tonic's Channel at 64 callers.
         if c == 64 {
-            let p99 = per_round(&s[1], &s[3], |x| x.quantile_us(0.99));
+            let p99 = ratio(&s[1], &s[3], |x| x.quantile_us(0.99));
             report.row(
                 &scenario,
                 "switchboard (defaults) ÷ tonic Channel: p99",
@@ -374,7 +367,7 @@ async fn three_servers(
             |r| r.cpu.median <= 0.85 && r.rps.median >= 1.1,
             1,
         );
-        let vs_go = per_round(&s[1], &s[2], Sample::cpu_per_rpc_us);
+        let vs_go = ratio(&s[1], &s[2], Sample::cpu_per_rpc_us);
         report.row(
             &scenario,
             "switchboard (defaults) ÷ grpc-go round_robin: CPU/RPC",
@@ -400,12 +393,6 @@ struct Ratios {
     cpu: Spread,
 }
 
-/// The spread over rounds of `f(other) ÷ f(base)`.
-fn per_round(base: &[Sample], other: &[Sample], f: impl Fn(&Sample) -> f64) -> Spread {
-    let r: Vec<f64> = base.iter().zip(other).map(|(b, o)| f(o) / f(b)).collect();
-    Spread::of(&r)
-}
-
 /// A row per contender against the baseline (RPS, p99 and CPU per RPC ratios, with the goal on
 /// the contender at `judged`), the A/A row, and every contender's medians.
 #[allow(clippy::too_many_arguments)]
@@ -421,10 +408,10 @@ fn rows(
 ) {
     let describe = |other: &[Sample]| {
         let r = Ratios {
-            rps: per_round(base, other, Sample::rps),
-            cpu: per_round(base, other, Sample::cpu_per_rpc_us),
+            rps: ratio(base, other, Sample::rps),
+            cpu: ratio(base, other, Sample::cpu_per_rpc_us),
         };
-        let p99 = per_round(base, other, |x| x.quantile_us(0.99));
+        let p99 = ratio(base, other, |x| x.quantile_us(0.99));
         let text = format!(
             "RPS {} · p99 {} · CPU/RPC {}",
             r.rps.ratio(),
@@ -449,17 +436,5 @@ fn rows(
         );
     }
     let (_, text) = describe(again);
-    report.row(
-        scenario,
-        format!("A/A: {base_name} ÷ itself (noise floor)"),
-        text,
-        "",
-        Verdict::Info,
-    );
-    let (m, e) = medians(base);
-    report.detail(scenario, base_name, m, e);
-    for (name, other) in others {
-        let (m, e) = medians(other);
-        report.detail(scenario, name, m, e);
-    }
+    aa_and_medians(report, scenario, (base_name, base), text, others);
 }

@@ -13,11 +13,11 @@ use switchboard::ClientConfig;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Settings;
-use crate::compare::medians;
+use crate::compare::{medians, ratio};
 use crate::limits::cpu_time;
-use crate::load::{self, Caller, Sample, histogram};
+use crate::load::{self, Caller, Sample};
 use crate::peers::GoClient;
-use crate::report::{Report, Spread, Verdict};
+use crate::report::{Report, Verdict};
 use crate::servers::Placement;
 
 /// One contender's turn: a load of the given length, measured.
@@ -126,14 +126,7 @@ pub(crate) fn per_worker(
             .iter()
             .map(|w| w.run(concurrency / cores, length))
             .collect::<Result<Vec<_>>>()?;
-        let mut all = Sample {
-            ok: 0,
-            errors: 0,
-            elapsed: Duration::ZERO,
-            cpu: Duration::ZERO,
-            latency: histogram(),
-            by_instance: std::collections::HashMap::new(),
-        };
+        let mut all = Sample::empty();
         for wait in waits {
             let s = wait.blocking_recv().context("a worker stopped")??;
             all.ok += s.ok;
@@ -188,20 +181,11 @@ pub(crate) fn per_worker(
     }
     let scenario = format!("PerWorker, 3 tonic servers, c={concurrency}, {cores} cores, unpinned");
     let base = &samples[0];
-    let ratio = |other: &[Sample], f: &dyn Fn(&Sample) -> f64| {
-        Spread::of(
-            &base
-                .iter()
-                .zip(other)
-                .map(|(b, o)| f(o) / f(b))
-                .collect::<Vec<_>>(),
-        )
-    };
     for (i, (name, _)) in contenders.iter().enumerate().skip(1) {
         let other = &samples[i];
-        let rps = ratio(other, &Sample::rps);
-        let cpu = ratio(other, &Sample::cpu_per_rpc_us);
-        let p99 = ratio(other, &|s| s.quantile_us(0.99));
+        let rps = ratio(base, other, Sample::rps);
+        let cpu = ratio(base, other, Sample::cpu_per_rpc_us);
+        let p99 = ratio(base, other, |s| s.quantile_us(0.99));
         let measure = if name.ends_with("(A/A)") {
             "A/A: switchboard on one multi-thread runtime ÷ itself (noise floor)".to_owned()
         } else {
@@ -220,13 +204,7 @@ pub(crate) fn per_worker(
             Verdict::Info,
         );
     }
-    let vs_go = Spread::of(
-        &samples[2]
-            .iter()
-            .zip(&samples[1])
-            .map(|(g, p)| p.cpu_per_rpc_us() / g.cpu_per_rpc_us())
-            .collect::<Vec<_>>(),
-    );
+    let vs_go = ratio(&samples[2], &samples[1], Sample::cpu_per_rpc_us);
     report.row(
         &scenario,
         "switchboard PerWorker ÷ grpc-go round_robin: CPU/RPC",

@@ -107,6 +107,19 @@ impl MixedLoad {
         Self { stop, callers }
     }
 
+    /// Stops the callers and prints what each kind got; fails unless every kind had calls
+    /// served and none failed.
+    pub async fn stop_expecting_no_failure(self) -> Result<()> {
+        let mut failures = 0;
+        for tally in self.stop().await? {
+            println!("{tally}");
+            ensure!(tally.served > 0, "no {} call was served", tally.kind);
+            failures += tally.failed.len();
+        }
+        ensure!(failures == 0, "{failures} calls failed");
+        Ok(())
+    }
+
     /// Stops the callers once their calls in progress end; per kind, in the order started.
     pub async fn stop(self) -> Result<Vec<KindTally>> {
         self.stop.send_replace(true);
