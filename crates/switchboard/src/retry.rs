@@ -341,6 +341,11 @@ impl Throttle {
     }
 
     fn succeeded(&self) {
+        // A full bucket, the usual case, is only read: every thread's successes would otherwise
+        // write the one cache line they all share.
+        if self.tokens.load(Ordering::Relaxed) >= self.max {
+            return;
+        }
         let _ = self
             .tokens
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
