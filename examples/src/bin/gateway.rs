@@ -4,7 +4,12 @@
 //! ```text
 //! gateway --listen 127.0.0.1:8888 --user-rpc etc/user-rpc.yaml
 //! gateway --listen 127.0.0.1:8888 --etcd 127.0.0.1:2379 --key user.rpc
+//! gateway --listen 127.0.0.1:8888 --user-rpc etc/user-rpc.yaml --workers 0
 //! ```
+//!
+//! By default it runs a worker thread per core, each with a current-thread runtime that
+//! accepts on the same socket and calls user.rpc over connections of its own (switchboard's
+//! `PerWorker`); `--workers 0` serves from one multi-thread runtime over one client.
 //!
 //! Routes: `POST /api/user/register` and `POST /api/user/login` (`{"username","password"}`),
 //! `GET /api/user/{id}`, `GET /healthz`, `GET /debug/switchboard` (the channel's state and

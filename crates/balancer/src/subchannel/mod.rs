@@ -380,7 +380,10 @@ impl<C: Connector> Driver<C> {
     /// the in-flight count tells when they are done.
     async fn drain_in_flight(&self, closed: &mut crate::connect::BoxFuture<Closed>) {
         let shared = &self.shared;
-        shared.draining.store(true, Ordering::Release);
+        // SeqCst here and in `call_ended`: either this sees the last call's end, or that call
+        // sees the drain and wakes it. (A release store then an acquire load may pass each
+        // other, and both sides would miss the other, waiting for the drain timeout.)
+        shared.draining.store(true, Ordering::SeqCst);
         let timeout = Instant::now() + self.drain_timeout;
         let deadline = match self.order() {
             // A retired connection closes by its deadline, whoever asks it to drain.
@@ -391,14 +394,18 @@ impl<C: Connector> Driver<C> {
         };
         let mut dispatch_done = false;
         loop {
-            let in_flight = shared.in_flight.load(Ordering::Acquire);
+            // Listening before looking, so that a call ending in between still wakes it.
+            let idle = shared.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            let in_flight = shared.in_flight.load(Ordering::SeqCst);
             if in_flight == 0 {
                 debug!(addr = %shared.addr, "drained");
                 return;
             }
             trace!(addr = %shared.addr, in_flight, "draining");
             tokio::select! {
-                () = shared.idle.notified() => {}
+                () = idle => {}
                 _ = &mut *closed, if !dispatch_done => dispatch_done = true,
                 () = tokio::time::sleep_until(deadline) => {
                     info!(

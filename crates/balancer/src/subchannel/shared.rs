@@ -155,7 +155,7 @@ impl Shared {
             }
         }
         if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.draining.load(Ordering::Acquire)
+            && self.draining.load(Ordering::SeqCst)
         {
             self.idle.notify_one();
         }
