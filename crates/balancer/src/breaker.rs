@@ -628,8 +628,9 @@ mod tests {
             })
             .count();
         assert!(dropped > 50, "{dropped} of 100 dropped");
-        let err = breakers.admit("/user.User/Get").err();
-        if let Some(status) = err {
+        // Dropped, most likely; one let through (about 1 in 20) fails like the others.
+        let admitted = breakers.admit("/user.User/Get");
+        if let Err(status) = &admitted {
             assert_eq!(status.code(), Code::Unavailable);
             let message = status.message();
             assert!(
@@ -639,6 +640,9 @@ mod tests {
                     ),
                 "{message}"
             );
+        }
+        if let Ok(admitted) = admitted {
+            admitted.end_with(&Status::unavailable("connection refused"));
         }
         // The other method is not throttled.
         assert!(breakers.admit("/user.User/List").is_ok());
