@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use switchboard::ClientConfig;
-use switchboard_testkit::go_peer_bin;
+use switchboard_testkit::{ServerProcess, go_peer_bin};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Mutex;
@@ -155,54 +155,28 @@ fn parse_result(line: &str) -> Result<Sample> {
     Ok(sample)
 }
 
-/// grpc-go servers (the conformance peer's `serve`), one process each, on the servers' core;
-/// killed when dropped.
+/// grpc-go servers (the conformance peer's `serve`), one process each, moved to the servers'
+/// core; killed when dropped.
 pub(crate) struct GoServers {
-    addrs: Vec<SocketAddr>,
-    _children: Vec<Child>,
+    servers: Vec<ServerProcess>,
 }
 
 impl GoServers {
     /// Starts `n` of them, named `g1`…
     pub(crate) async fn start(place: &Placement, n: usize) -> Result<Self> {
         let bin = go_peer_bin().await?;
-        let (mut addrs, mut children) = (Vec::new(), Vec::new());
+        let mut servers = Vec::new();
         for i in 1..=n {
-            let name = format!("g{i}");
-            let mut command = if place.pinned {
-                let mut c = Command::new("taskset");
-                c.args(["-c", "1"]).arg(&bin);
-                c
-            } else {
-                Command::new(&bin)
-            };
-            let mut child = command
-                .args(["serve", "--name", &name, "--port", "0"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true)
-                .spawn()
-                .context("starting a grpc-go server")?;
-            let stdout = child.stdout.take().context("no stdout pipe")?;
-            let mut lines = BufReader::new(stdout).lines();
-            let line = tokio::time::timeout(START_LIMIT, lines.next_line())
-                .await
-                .context("the grpc-go server printed nothing")??
-                .unwrap_or_default();
-            let addr = line
-                .strip_prefix("listening ")
-                .ok_or_else(|| anyhow!("unexpected first line {line:?}"))?
-                .parse()?;
-            // It prints a line per connection: keep its pipe drained.
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            addrs.push(addr);
-            children.push(child);
+            let server = ServerProcess::spawn_with(&bin, &format!("g{i}"), 0, &[]).await?;
+            place.pin_pid(&server.pid().to_string());
+            servers.push(server);
         }
-        Ok(Self {
-            addrs,
-            _children: children,
-        })
+        Ok(Self { servers })
+    }
+
+    /// Their addresses, `g1` first.
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
+        self.servers.iter().map(ServerProcess::addr).collect()
     }
 }
 
@@ -252,7 +226,7 @@ pub(crate) async fn against_peers(
             }
             ServerKind::GrpcGo => {
                 let go = GoServers::start(place, 3).await?;
-                (go.addrs.clone(), None, Some(go))
+                (go.addrs(), None, Some(go))
             }
         };
         one_server(&addrs[0], kind, settings, runtime, report).await?;

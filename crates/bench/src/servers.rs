@@ -156,19 +156,23 @@ impl Placement {
             };
             let comm = head.split_once('(').map_or("", |(_, c)| c);
             let ppid = rest.split_whitespace().nth(1).unwrap_or("");
-            if comm == name
-                && ppid == me
-                && std::process::Command::new("taskset")
-                    .args(["-a", "-p", "-c", "1", &pid])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            {
+            if comm == name && ppid == me && self.pin_pid(&pid) {
                 moved += 1;
             }
         }
         moved
+    }
+
+    /// Moves process `pid` (every thread of it) to core 1 with `taskset -a -p`, when pinned;
+    /// whether it moved.
+    pub(crate) fn pin_pid(&self, pid: &str) -> bool {
+        self.pinned
+            && std::process::Command::new("taskset")
+                .args(["-a", "-p", "-c", "1", pid])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
     }
 }
 
