@@ -1,7 +1,8 @@
 //! The docker-compose files, read, not run: these tests build no image and start no container.
 //! They check that the compose file parses, every build context has its Dockerfile, the
 //! Dockerfile's text names the programs the services run, every command line parses as that
-//! program's flags, and the README's curl commands use the published port.
+//! program's flags, the README's curl commands use the published port, and the base images are
+//! variables whose defaults are the official images.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -149,6 +150,64 @@ fn the_services_wait_for_a_healthy_etcd_and_leave_gracefully() -> Result<()> {
             Some("SIGTERM"),
             "{name}"
         );
+    }
+    Ok(())
+}
+
+/// The base images are chosen by variables (RUST_IMAGE, DEBIAN_IMAGE, ETCD_IMAGE) that default to
+/// the official images, so that one compose file and one Dockerfile serve a machine that pulls them
+/// and one that builds stand-ins (`scripts/docker-images.sh`, which reads these defaults from the
+/// `ARG` lines and etcd's `image:` line checked here).
+#[test]
+fn the_base_images_are_variables_that_default_to_the_official_images() -> Result<()> {
+    let compose = compose()?;
+    let services = compose.get("services").context("services")?;
+    let etcd_image = services
+        .get("etcd")
+        .and_then(|etcd| etcd.get("image"))
+        .and_then(Value::as_str);
+    assert_eq!(
+        etcd_image,
+        Some("${ETCD_IMAGE:-quay.io/coreos/etcd:v3.5.17}")
+    );
+
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile"))?;
+    let lines: Vec<&str> = dockerfile.lines().collect();
+    let first_from = lines
+        .iter()
+        .position(|line| line.starts_with("FROM "))
+        .context("no FROM")?;
+    for (arg, official) in [
+        ("RUST_IMAGE", "rust:1-bookworm"),
+        ("DEBIAN_IMAGE", "debian:bookworm-slim"),
+    ] {
+        let declared = lines
+            .iter()
+            .position(|line| *line == format!("ARG {arg}={official}"))
+            .with_context(|| format!("the Dockerfile declares no ARG {arg}={official}"))?;
+        assert!(
+            declared < first_from,
+            "ARG {arg} comes after the first FROM, where FROM cannot use it"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|line| line.starts_with(&format!("FROM ${{{arg}}}"))),
+            "no stage is built FROM ${{{arg}}}"
+        );
+        for name in ["user-rpc-1", "user-rpc-2", "user-rpc-3", "gateway"] {
+            let passed = services
+                .get(name)
+                .and_then(|service| service.get("build"))
+                .and_then(|build| build.get("args"))
+                .and_then(|args| args.get(arg))
+                .and_then(Value::as_str);
+            assert_eq!(
+                passed,
+                Some(format!("${{{arg}:-{official}}}").as_str()),
+                "{name} passes {arg} on from the environment, with the Dockerfile's default"
+            );
+        }
     }
     Ok(())
 }
