@@ -35,7 +35,33 @@ pub(crate) struct Tasks<C: Connector> {
     config: Arc<Config>,
     events: mpsc::UnboundedSender<Event<C::Sender>>,
     published: Arc<Published<C::Sender>>,
+    /// The per-call metrics every sub-channel records to (they are labelled by target only).
+    metrics: Arc<SubMetrics>,
     rng: SmallRng,
+    /// Drain orders given and not sent yet: they go out once the worker has nothing else to
+    /// do, so that under a burst of removals the core applies the whole burst and publishes
+    /// before thousands of woken sub-channel tasks close their connections.
+    drains: Vec<(watch::Sender<Order>, Order)>,
+    /// When the oldest of `drains` was given.
+    drains_since: Option<Instant>,
+}
+
+/// The longest a drain order waits for the worker to be idle (under a flood of events that
+/// never lets it be).
+const DRAIN_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl<C: Connector> Tasks<C> {
+    fn has_drains(&self) -> bool {
+        !self.drains.is_empty()
+    }
+
+    /// Sends the drain orders given since the last call.
+    fn send_drains(&mut self) {
+        self.drains_since = None;
+        for (task, order) in self.drains.drain(..) {
+            task.send_replace(order);
+        }
+    }
 }
 
 impl<C: Connector> Io for Tasks<C> {
@@ -52,7 +78,7 @@ impl<C: Connector> Io for Tasks<C> {
         };
         let shared = Arc::new(Shared::new(
             id,
-            SubMetrics::new(&self.config.control.target, self.config.metrics),
+            self.metrics.clone(),
             instance.key.as_str().into(),
             instance.addr.clone(),
             instance.weight,
@@ -81,7 +107,14 @@ impl<C: Connector> Io for Tasks<C> {
     }
 
     fn order(&mut self, task: &Task, order: Order) {
-        task.orders.send_replace(order);
+        // A drain is the last order a sub-channel gets: it can wait, nothing is picked from
+        // a draining sub-channel. Any other order goes at once.
+        if matches!(order, Order::Drain { .. }) {
+            self.drains_since.get_or_insert_with(Instant::now);
+            self.drains.push((task.orders.clone(), order));
+        } else {
+            task.orders.send_replace(order);
+        }
     }
 
     fn set_weight(&mut self, task: &Task, weight: u32) {
@@ -162,10 +195,13 @@ impl<C: Connector> Worker<C> {
         Self {
             io: Tasks {
                 connector,
+                metrics: Arc::new(SubMetrics::new(&config.control.target, config.metrics)),
                 config,
                 events: events_tx,
                 published,
                 rng: SmallRng::seed_from_u64(seed),
+                drains: Vec::new(),
+                drains_since: None,
             },
             core,
             events,
@@ -207,11 +243,22 @@ impl<C: Connector> Worker<C> {
                         resolving = false;
                     }
                 },
+                // Nothing else to do, even once the tasks ready to run have run (the resolver
+                // in the middle of a burst among them): the removed sub-channels drain.
+                () = tokio::task::yield_now(), if self.io.has_drains() => self.io.send_drains(),
             }
             lock(&self.core).publish(&mut self.io);
+            if self
+                .io
+                .drains_since
+                .is_some_and(|t| t.elapsed() >= DRAIN_MAX_DELAY)
+            {
+                self.io.send_drains();
+            }
         }
         debug!(%target, "balancer closed: draining every sub-channel");
         lock(&self.core).close(&mut self.io);
+        self.io.send_drains();
     }
 
     /// Handles every event and update already queued. Under a burst (thousands of instances

@@ -133,9 +133,10 @@ impl<I: Io> Core<I> {
             last_error: None,
             connects: 0,
         };
+        // Mostly one sub-channel per instance (two only while it moves): no room for four.
         self.slots
             .entry(instance.key.clone())
-            .or_default()
+            .or_insert_with(|| Vec::with_capacity(1))
             .push(sub);
     }
 

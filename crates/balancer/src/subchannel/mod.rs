@@ -148,7 +148,7 @@ impl<C: Connector> Driver<C> {
             match self.order() {
                 Order::Run => {}
                 Order::Idle => {
-                    if !self.idle().await {
+                    if !Box::pin(self.idle()).await {
                         return self.shutdown();
                     }
                     continue;
@@ -166,25 +166,21 @@ impl<C: Connector> Driver<C> {
             if self.attempts > 1 {
                 self.shared.metrics.reconnect();
             }
-            let connecting = self
-                .connector
-                .connect(&self.shared.addr, self.secure, self.keepalive);
-            let result = tokio::select! {
-                r = tokio::time::timeout_at(attempt.connect_deadline, connecting) => r,
-                () = stop_connecting(&mut self.orders) => {
-                    // Told to stay idle: the attempt is dropped. Otherwise: SHUTDOWN.
-                    if self.order() == Order::Idle {
-                        self.transition(ConnectivityState::Idle, None, None);
-                        continue;
-                    }
-                    return self.shutdown();
+            // Each state's future is boxed while it lasts: the task itself stays small, and a
+            // READY sub-channel holds only what serving needs.
+            let Some(result) = Box::pin(self.attempt(attempt.connect_deadline)).await else {
+                // Told to stay idle: the attempt is dropped. Otherwise: SHUTDOWN.
+                if self.order() == Order::Idle {
+                    self.transition(ConnectivityState::Idle, None, None);
+                    continue;
                 }
+                return self.shutdown();
             };
             let error = match result {
                 Ok(Ok(conn)) => {
                     let ready_at = Instant::now();
                     self.backoff.reset();
-                    match self.serve(conn).await {
+                    match Box::pin(self.serve(conn)).await {
                         Served::Ordered => match self.order() {
                             Order::Idle | Order::Run => continue,
                             Order::Retire { .. } | Order::Drain { .. } => return,
@@ -225,7 +221,9 @@ impl<C: Connector> Driver<C> {
                                     );
                                 }
                             }
-                            if Instant::now() < retry_at && !self.wait_until(retry_at).await {
+                            if Instant::now() < retry_at
+                                && !Box::pin(self.wait_until(retry_at)).await
+                            {
                                 return self.shutdown();
                             }
                             continue;
@@ -239,9 +237,23 @@ impl<C: Connector> Driver<C> {
                 ),
             };
             self.transition(ConnectivityState::TransientFailure, Some(error), None);
-            if !self.wait_until(attempt.retry_at).await {
+            if !Box::pin(self.wait_until(attempt.retry_at)).await {
                 return self.shutdown();
             }
+        }
+    }
+
+    /// One connection attempt, bounded by `deadline`: `None` if an order stopped it.
+    async fn attempt(
+        &mut self,
+        deadline: Instant,
+    ) -> Option<Result<Result<Connection<C::Sender>, String>, tokio::time::error::Elapsed>> {
+        let connecting = self
+            .connector
+            .connect(&self.shared.addr, self.secure, self.keepalive);
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, connecting) => Some(r),
+            () = stop_connecting(&mut self.orders) => None,
         }
     }
 
@@ -268,8 +280,7 @@ impl<C: Connector> Driver<C> {
             max_streams,
             scheme,
         } = conn;
-        let health = self.watch_health(&sender, &scheme);
-        tokio::pin!(health);
+        let mut health = self.watch_health(&sender, &scheme);
         let ready = Ready(Arc::new(ReadyConn {
             sub: self.shared.clone(),
             sender,
@@ -305,31 +316,24 @@ impl<C: Connector> Driver<C> {
         }
     }
 
-    /// The health reports of a READY connection, for as long as it is polled: nothing when
-    /// health checking is off.
+    /// The health reports of a READY connection, for as long as it is polled: nothing (and no
+    /// allocation) when health checking is off.
     fn watch_health(
         &self,
         sender: &C::Sender,
         scheme: &http::uri::Scheme,
-    ) -> impl std::future::Future<Output = std::convert::Infallible> + use<C> {
-        let watch = self.health_check.clone().map(|service| {
-            let connector = self.connector.clone();
-            let sender = sender.clone();
-            let authority = self.authority.clone();
-            let scheme = scheme.clone();
-            let shared = self.shared.clone();
-            let events = self.events.clone();
-            let backoff = *self.backoff.config();
-            (
-                connector, sender, scheme, authority, service, shared, events, backoff,
-            )
-        });
-        async move {
-            let Some((connector, sender, scheme, authority, service, shared, events, backoff)) =
-                watch
-            else {
-                return std::future::pending().await;
-            };
+    ) -> crate::connect::BoxFuture<std::convert::Infallible> {
+        let Some(service) = self.health_check.clone() else {
+            return Box::pin(std::future::pending());
+        };
+        let connector = self.connector.clone();
+        let sender = sender.clone();
+        let authority = self.authority.clone();
+        let scheme = scheme.clone();
+        let shared = self.shared.clone();
+        let events = self.events.clone();
+        let backoff = *self.backoff.config();
+        Box::pin(async move {
             let addr = shared.addr.clone();
             let mut last = Health::Unknown;
             crate::connect::health::run(
@@ -351,7 +355,7 @@ impl<C: Connector> Driver<C> {
                 },
             )
             .await
-        }
+        })
     }
 
     fn order(&self) -> Order {

@@ -25,7 +25,8 @@ pub(crate) struct Shared {
     pub(crate) failed: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) rtt: PeakEwma,
-    pub(crate) metrics: SubMetrics,
+    /// The channel's per-call metrics: one set per target, shared by its sub-channels.
+    pub(crate) metrics: Arc<SubMetrics>,
     pub(crate) draining: AtomicBool,
     pub(crate) idle: Notify,
     /// The channel's calls waiting for a free stream: told when this one's call ends.
@@ -71,7 +72,7 @@ impl Drop for Waiting<'_> {
 impl Shared {
     pub(crate) fn new(
         id: u64,
-        metrics: SubMetrics,
+        metrics: Arc<SubMetrics>,
         key: Arc<str>,
         addr: String,
         weight: u32,

@@ -101,7 +101,7 @@ fn start(script: Script, keepalive: Option<Duration>, drain_timeout: Duration) -
     let script = Arc::new(script);
     let shared = Arc::new(Shared::new(
         1,
-        crate::metrics::SubMetrics::new("test", true),
+        Arc::new(crate::metrics::SubMetrics::new("test", true)),
         "svc/1".into(),
         "127.0.0.1:1".into(),
         1,
