@@ -148,6 +148,14 @@ pub(crate) async fn ten_thousand(
         written,
         applied: started.elapsed(),
     };
+    // Then the drains: every sub-channel closed and gone from the snapshot.
+    while !client.balancer().snapshot().subchannels.is_empty() {
+        if started.elapsed() > LIMIT {
+            bail!("the removed sub-channels were not closed within {LIMIT:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let closed = started.elapsed();
     let puts = (0..INSTANCES)
         .map(|i| TxnOp::put(key(i), addrs[i % addrs.len()].as_str(), None))
         .collect();
@@ -179,7 +187,7 @@ pub(crate) async fn ten_thousand(
     }
     for (what, b) in [
         (
-            format!("DELETE of all {INSTANCES} (one range delete) → none left in the balancer"),
+            format!("DELETE of all {INSTANCES} (one range delete) → none left to pick"),
             deletes,
         ),
         (
@@ -203,6 +211,13 @@ pub(crate) async fn ten_thousand(
             Verdict::of(rate >= 50_000.0),
         );
     }
+    report.row(
+        scenario,
+        format!("DELETE of all {INSTANCES} → every sub-channel drained and closed"),
+        format!("{} after the DELETE", ms(closed)),
+        "",
+        Verdict::Info,
+    );
     report.row(
         scenario,
         "client RSS: before connecting · all READY · after the burst",
