@@ -65,6 +65,7 @@ pull_quiet_limit=20
 # so that they are written in one place each.
 rust_official=$(sed -n 's/^ARG RUST_IMAGE=//p' Dockerfile)
 debian_official=$(sed -n 's/^ARG DEBIAN_IMAGE=//p' Dockerfile)
+# shellcheck disable=SC2016 # the ${ETCD_IMAGE:-...} to match is the file's text, not this shell's
 etcd_official=$(sed -n 's/^ *image: *\${ETCD_IMAGE:-\(.*\)}$/\1/p' docker-compose.yml)
 [ -n "$rust_official" ] && [ -n "$debian_official" ] && [ -n "$etcd_official" ] \
   || die "cannot read the default images (ARG RUST_IMAGE=, ARG DEBIAN_IMAGE= in Dockerfile, image: \${ETCD_IMAGE:-...} in docker-compose.yml)"
@@ -102,7 +103,7 @@ pull() {
   pid=$!
   while kill -0 "$pid" 2>/dev/null; do
     if [ "$waited" -ge "$pull_quiet_limit" ] \
-      && ! grep -qE 'Pulling fs layer|Waiting|Downloading|Already exists|Digest:' "$log"; then
+      && ! grep -qE 'Pulling from|Pulling fs layer|Waiting|Downloading|Already exists|Digest:' "$log"; then
       echo "no progress in ${pull_quiet_limit} s" >>"$log"
       kill "$pid" 2>/dev/null || true
     fi
@@ -134,9 +135,10 @@ need_stand_in_tools() {
     export DEBIAN_FRONTEND=noninteractive
     local apt=(apt-get -o DPkg::Lock::Timeout=300 -y -q)
     if ! "${apt[@]}" install --no-install-recommends "${missing[@]}" </dev/null >/dev/null; then
-      "${apt[@]}" update </dev/null >/dev/null \
-        && "${apt[@]}" install --no-install-recommends "${missing[@]}" </dev/null >/dev/null \
-        || die "could not install ${missing[*]}: run 'apt-get update && apt-get install ${missing[*]}' as root, then run this again"
+      if ! { "${apt[@]}" update </dev/null >/dev/null \
+        && "${apt[@]}" install --no-install-recommends "${missing[@]}" </dev/null >/dev/null; }; then
+        die "could not install ${missing[*]}: run 'apt-get update && apt-get install ${missing[*]}' as root, then run this again"
+      fi
     fi
   fi
   work=$(mktemp -d "${TMPDIR:-/tmp}/switchboard-images.XXXXXX")
