@@ -1,8 +1,9 @@
-//! The docker-compose files, read, not run: these tests build no image and start no container.
-//! They check that the compose file parses, every build context has its Dockerfile, the
-//! Dockerfile's text names the programs the services run, every command line parses as that
-//! program's flags, the README's curl commands use the published port, and the base images are
-//! variables whose defaults are the official images.
+//! The docker-compose files, read, not run: these tests build no image and start no container
+//! (`compose_cluster.rs` does). They check that the compose file parses, one service builds the
+//! examples image and the others run it, the Dockerfile's text names the programs the services
+//! run, every command line (and the gateway's config file) parses as that program's, etcd is a
+//! cluster of three on its own network, the README's curl commands use the published port, and
+//! the base images are variables whose defaults are the official images.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,41 @@ fn strings(value: &Value) -> Result<Vec<String>> {
         .collect()
 }
 
+/// The etcd members, as every service is given them.
+const ETCD_HOSTS: [&str; 3] = ["etcd-1:2379", "etcd-2:2379", "etcd-3:2379"];
+
+/// The image the example programs are built into, by one service, and run by the others.
+const EXAMPLES_IMAGE: &str = "switchboard-examples";
+
+fn networks(service: &Value) -> BTreeSet<String> {
+    match service.get("networks") {
+        Some(Value::Sequence(names)) => names
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::Mapping(names)) => names
+            .keys()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// The file on this side of a service's bind mount of `target` (`./HOST:TARGET[:ro]`).
+fn mounted(service: &Value, target: &Path) -> Result<PathBuf> {
+    let volumes = strings(service.get("volumes").context("volumes")?)?;
+    volumes
+        .iter()
+        .find_map(|volume| {
+            let mut parts = volume.split(':');
+            let host = parts.next()?;
+            (Path::new(parts.next()?) == target).then(|| root().join(host))
+        })
+        .with_context(|| format!("nothing is mounted at {}", target.display()))
+}
+
 #[test]
 fn every_service_names_a_build_context_here_and_a_program_with_valid_flags() -> Result<()> {
     let compose = compose()?;
@@ -44,6 +80,7 @@ fn every_service_names_a_build_context_here_and_a_program_with_valid_flags() -> 
         .context("services")?;
     let mut programs = BTreeSet::new();
     let mut names = BTreeSet::new();
+    let mut builders = Vec::new();
     for (name, service) in services {
         let name = name.as_str().context("service name")?;
         names.insert(name.to_owned());
@@ -69,11 +106,15 @@ fn every_service_names_a_build_context_here_and_a_program_with_valid_flags() -> 
                 "{name}: build context {context} is no directory"
             );
             assert!(dir.join(&file).is_file(), "{name}: no {file} in {context}");
-        } else {
+            builders.push(name.to_owned());
+        }
+        let image = service.get("image").and_then(Value::as_str);
+        if image != Some(EXAMPLES_IMAGE) {
             assert!(
-                service.get("image").is_some(),
-                "{name}: neither build nor image"
+                service.get("build").is_none(),
+                "{name}: builds an image other than {EXAMPLES_IMAGE}"
             );
+            assert!(image.is_some(), "{name}: neither build nor image");
             continue;
         }
         let command = strings(service.get("command").context("command")?)?;
@@ -84,20 +125,47 @@ fn every_service_names_a_build_context_here_and_a_program_with_valid_flags() -> 
                     .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
                 assert_eq!(
                     (args.etcd.as_deref(), args.key.as_deref()),
-                    (Some("etcd:2379"), Some("user.rpc")),
+                    (Some(ETCD_HOSTS.join(",").as_str()), Some("user.rpc")),
                     "{name}"
                 );
                 assert_eq!(args.name, name, "replies name the service");
+                // Dialled by its name on the data network, which only that network knows.
+                let alias = format!("{name}-data");
+                assert_eq!(
+                    args.advertise.as_deref(),
+                    Some(format!("{alias}:8080").as_str())
+                );
+                let aliases = service
+                    .get("networks")
+                    .and_then(|n| n.get("data"))
+                    .and_then(|d| d.get("aliases"))
+                    .context(format!("{name}: no aliases on the data network"))?;
+                assert_eq!(strings(aliases)?, [alias], "{name}");
             }
             "gateway" => {
                 let args = switchboard_examples::gateway::Args::try_parse_from(&command)
                     .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-                assert_eq!(args.etcd.as_deref(), Some("etcd:2379"));
+                let file = args.user_rpc.context("gateway: no --user-rpc")?;
+                let config = switchboard::ClientConfig::from_file(mounted(service, &file)?)?;
+                let etcd = config.etcd.context("gateway: no Etcd section")?;
+                assert_eq!(etcd.hosts, ETCD_HOSTS);
+                assert_eq!(etcd.key, "user.rpc");
+                // A silent instance leaves within the keepalives, sooner than a call's deadline.
+                let (time, timeout) = (
+                    config.keepalive_time.context("no KeepaliveTime")?,
+                    config.keepalive_timeout.context("no KeepaliveTimeout")?,
+                );
+                assert!(
+                    time + timeout <= std::time::Duration::from_secs(5),
+                    "{time:?} + {timeout:?}"
+                );
+                assert!(config.timeout.is_some_and(|t| t > time + timeout));
                 let port = args.listen.port();
                 let published = strings(service.get("ports").context("gateway ports")?)?;
-                assert!(
-                    published.contains(&format!("{port}:{port}")),
-                    "gateway listens on {port} but publishes {published:?}"
+                assert_eq!(
+                    published,
+                    [format!("${{GATEWAY_PORT:-{port}}}:{port}")],
+                    "gateway listens on {port}"
                 );
                 let readme = std::fs::read_to_string(root().join("README.md"))?;
                 assert!(
@@ -118,7 +186,16 @@ fn every_service_names_a_build_context_here_and_a_program_with_valid_flags() -> 
         programs.into_iter().collect::<Vec<_>>(),
         ["gateway", "user-rpc"]
     );
-    for needed in ["etcd", "user-rpc-1", "user-rpc-2", "user-rpc-3", "gateway"] {
+    assert_eq!(builders, ["user-rpc-1"], "one service builds the image");
+    for needed in [
+        "etcd-1",
+        "etcd-2",
+        "etcd-3",
+        "user-rpc-1",
+        "user-rpc-2",
+        "user-rpc-3",
+        "gateway",
+    ] {
         assert!(names.contains(needed), "no {needed} service");
     }
     assert!(dockerfile.contains("cargo build --release -p switchboard-examples"));
@@ -126,22 +203,55 @@ fn every_service_names_a_build_context_here_and_a_program_with_valid_flags() -> 
 }
 
 #[test]
+fn etcd_is_a_cluster_of_three_on_the_control_network() -> Result<()> {
+    let compose = compose()?;
+    let services = compose.get("services").context("services")?;
+    let cluster = ["etcd-1", "etcd-2", "etcd-3"]
+        .map(|name| format!("{name}=http://{name}:2380"))
+        .join(",");
+    for name in ["etcd-1", "etcd-2", "etcd-3"] {
+        let etcd = services.get(name).context(name.to_owned())?;
+        assert!(
+            etcd.get("healthcheck").is_some(),
+            "{name} has no health check"
+        );
+        let command = strings(etcd.get("command").context("command")?)?;
+        for flag in [
+            format!("--name={name}"),
+            format!("--advertise-client-urls=http://{name}:2379"),
+            format!("--initial-advertise-peer-urls=http://{name}:2380"),
+            format!("--initial-cluster={cluster}"),
+            "--initial-cluster-state=new".to_owned(),
+        ] {
+            assert!(command.contains(&flag), "{name} lacks {flag}");
+        }
+        assert_eq!(networks(etcd), BTreeSet::from(["control".to_owned()]));
+    }
+    for name in ["user-rpc-1", "user-rpc-2", "user-rpc-3", "gateway"] {
+        let service = services.get(name).context(name.to_owned())?;
+        assert_eq!(
+            networks(service),
+            BTreeSet::from(["control".to_owned(), "data".to_owned()]),
+            "{name}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn the_services_wait_for_a_healthy_etcd_and_leave_gracefully() -> Result<()> {
     let compose = compose()?;
     let services = compose.get("services").context("services")?;
-    let etcd = services.get("etcd").context("etcd")?;
-    assert!(
-        etcd.get("healthcheck").is_some(),
-        "etcd has no health check"
-    );
     for name in ["user-rpc-1", "user-rpc-2", "user-rpc-3", "gateway"] {
         let service = services.get(name).context(name.to_owned())?;
-        let condition = service
-            .get("depends_on")
-            .and_then(|d| d.get("etcd"))
-            .and_then(|e| e.get("condition"))
-            .and_then(Value::as_str);
-        assert_eq!(condition, Some("service_healthy"), "{name}");
+        for etcd in ["etcd-1", "etcd-2", "etcd-3"] {
+            let condition = service
+                .get("depends_on")
+                .and_then(|d| d.get(etcd))
+                .and_then(|e| e.get("condition"))
+                .and_then(Value::as_str);
+            assert_eq!(condition, Some("service_healthy"), "{name} on {etcd}");
+        }
     }
     for name in ["user-rpc-1", "user-rpc-2", "user-rpc-3"] {
         let service = services.get(name).context(name.to_owned())?;
@@ -162,14 +272,17 @@ fn the_services_wait_for_a_healthy_etcd_and_leave_gracefully() -> Result<()> {
 fn the_base_images_are_variables_that_default_to_the_official_images() -> Result<()> {
     let compose = compose()?;
     let services = compose.get("services").context("services")?;
-    let etcd_image = services
-        .get("etcd")
-        .and_then(|etcd| etcd.get("image"))
-        .and_then(Value::as_str);
-    assert_eq!(
-        etcd_image,
-        Some("${ETCD_IMAGE:-quay.io/coreos/etcd:v3.5.17}")
-    );
+    for name in ["etcd-1", "etcd-2", "etcd-3"] {
+        let etcd_image = services
+            .get(name)
+            .and_then(|etcd| etcd.get("image"))
+            .and_then(Value::as_str);
+        assert_eq!(
+            etcd_image,
+            Some("${ETCD_IMAGE:-quay.io/coreos/etcd:v3.5.17}"),
+            "{name}"
+        );
+    }
 
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile"))?;
     let lines: Vec<&str> = dockerfile.lines().collect();
@@ -195,19 +308,34 @@ fn the_base_images_are_variables_that_default_to_the_official_images() -> Result
                 .any(|line| line.starts_with(&format!("FROM ${{{arg}}}"))),
             "no stage is built FROM ${{{arg}}}"
         );
-        for name in ["user-rpc-1", "user-rpc-2", "user-rpc-3", "gateway"] {
-            let passed = services
-                .get(name)
-                .and_then(|service| service.get("build"))
-                .and_then(|build| build.get("args"))
-                .and_then(|args| args.get(arg))
-                .and_then(Value::as_str);
-            assert_eq!(
-                passed,
-                Some(format!("${{{arg}:-{official}}}").as_str()),
-                "{name} passes {arg} on from the environment, with the Dockerfile's default"
-            );
-        }
+        let passed = services
+            .get("user-rpc-1")
+            .and_then(|service| service.get("build"))
+            .and_then(|build| build.get("args"))
+            .and_then(|args| args.get(arg))
+            .and_then(Value::as_str);
+        assert_eq!(
+            passed,
+            Some(format!("${{{arg}:-{official}}}").as_str()),
+            "user-rpc-1 passes {arg} on from the environment, with the Dockerfile's default"
+        );
+    }
+    // The others run the image user-rpc-1 builds, and start after it (so that it is built
+    // first, and built once).
+    for name in ["user-rpc-2", "user-rpc-3", "gateway"] {
+        let service = services.get(name).context(name.to_owned())?;
+        assert_eq!(
+            service.get("image").and_then(Value::as_str),
+            Some(EXAMPLES_IMAGE),
+            "{name}"
+        );
+        assert!(
+            service
+                .get("depends_on")
+                .and_then(|d| d.get("user-rpc-1"))
+                .is_some(),
+            "{name} does not start after user-rpc-1, which builds its image"
+        );
     }
     Ok(())
 }
