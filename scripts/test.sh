@@ -35,6 +35,15 @@ else
   cargo test -q --workspace --all-targets -- --test-threads=1
 fi
 
+step "the docker-compose cluster, run (skipped where no Docker engine answers)"
+# Builds the examples image (Docker's cache makes an unchanged tree quick) and takes the cluster
+# through its faults; without a Docker engine or a compose tool the test says so and passes.
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run -p switchboard-examples --test compose_cluster --run-ignored only --no-capture
+else
+  cargo test -q -p switchboard-examples --test compose_cluster -- --ignored --nocapture
+fi
+
 step "doc tests"
 cargo test -q --workspace --doc
 

@@ -227,6 +227,17 @@ fn etcd_is_a_cluster_of_three_on_the_control_network() -> Result<()> {
         }
         assert_eq!(networks(etcd), BTreeSet::from(["control".to_owned()]));
     }
+    // The published port goes through a network with a way out: `data`, whatever the gateway's
+    // link to `control`.
+    assert_eq!(
+        compose
+            .get("networks")
+            .and_then(|n| n.get("control"))
+            .and_then(|c| c.get("internal"))
+            .and_then(Value::as_bool),
+        Some(true),
+        "the control network is not internal"
+    );
     for name in ["user-rpc-1", "user-rpc-2", "user-rpc-3", "gateway"] {
         let service = services.get(name).context(name.to_owned())?;
         assert_eq!(

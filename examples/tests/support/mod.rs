@@ -132,6 +132,11 @@ pub(crate) struct Answer {
 }
 
 pub(crate) async fn get(addr: &str, path: &str) -> Result<Answer> {
+    get_within(addr, path, Duration::from_secs(10)).await
+}
+
+/// `GET path` on a new connection to `addr`, answered within `limit`.
+pub(crate) async fn get_within(addr: &str, path: &str, limit: Duration) -> Result<Answer> {
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         let (mut sender, conn) =
@@ -155,7 +160,7 @@ pub(crate) async fn get(addr: &str, path: &str) -> Result<Answer> {
             body: String::from_utf8(body.to_vec())?,
         })
     };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
+    tokio::time::timeout(limit, exchange)
         .await
-        .with_context(|| format!("GET {path}: no answer within 10 s"))?
+        .with_context(|| format!("GET {path}: no answer within {limit:?}"))?
 }
