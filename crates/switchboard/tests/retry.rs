@@ -373,9 +373,10 @@ async fn p99_of_calls(channel: switchboard::Channel, n: usize) -> Result<Duratio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hedging_keeps_the_p99_far_below_a_slow_instance() -> Result<()> {
+    const SLOW: Duration = Duration::from_millis(500);
     let fast = switchboard_testkit::TestServer::start("fast").await?;
     let slow = switchboard_testkit::TestServer::start("slow").await?;
-    slow.set_delay(Duration::from_millis(200));
+    slow.set_delay(SLOW);
     let addrs = [fast.addr(), slow.addr()];
 
     let plain = Client::connect(ClientConfig::from_yaml(&format!(
@@ -383,7 +384,7 @@ async fn hedging_keeps_the_p99_far_below_a_slow_instance() -> Result<()> {
         addrs[0], addrs[1]
     ))?)
     .await?;
-    let without = p99_of_calls(plain.channel(), 200).await?;
+    let without = p99_of_calls(plain.channel(), 40).await?;
     let hedged = Client::connect(ClientConfig::from_yaml(&format!(
         "Endpoints: [{}, {}]\nHedging: {{MaxAttempts: 2, HedgingDelay: 10ms}}\n",
         addrs[0], addrs[1]
@@ -391,11 +392,13 @@ async fn hedging_keeps_the_p99_far_below_a_slow_instance() -> Result<()> {
     .await?;
     let with = p99_of_calls(hedged.channel(), 200).await?;
     println!(
-        "one instance 200 ms slow, 200 calls: p99 {without:?} plain, {with:?} hedged after 10 ms"
+        "one instance {SLOW:?} slow: p99 {without:?} plain (40 calls), {with:?} hedged after 10 ms (200 calls)"
     );
-    assert!(without >= Duration::from_millis(200), "{without:?}");
-    // The hedge after 10 ms goes to the fast instance (the test runs alone: .config/nextest.toml).
-    assert!(with < Duration::from_millis(50), "{with:?}");
+    assert!(without >= SLOW, "{without:?}");
+    // Every hedged call is answered by the fast instance's hedge, 10 ms in, not by the slow one:
+    // its p99 stays far below the slow delay (a bound the behaviour meets with room for a busy
+    // machine: the test runs alone, .config/nextest.toml, and measured 10-60 ms on 2 busy cores).
+    assert!(with < SLOW / 2, "{with:?}");
     Ok(())
 }
 
