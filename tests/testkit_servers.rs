@@ -323,6 +323,39 @@ async fn fault_proxy_reset_fails_in_flight_calls() {
     assert_eq!(register(&mut client).await.unwrap(), "r");
 }
 
+#[tokio::test]
+async fn fault_proxy_strand_silences_open_connections_for_good() {
+    init_tracing();
+    let server = TestServer::start("s").await.unwrap();
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let mut client = user_client(proxy.addr()).await;
+    assert_eq!(register(&mut client).await.unwrap(), "s");
+
+    proxy.strand();
+    // The stranded connection stays open and silent: the RPC runs out of time, nothing reaches
+    // the server, and neither end is closed.
+    let status = register(&mut client).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{status:?}"
+    );
+    assert_eq!(server.served(), 1, "nothing reached the server");
+    assert_eq!(proxy.connections(), 1);
+    assert_eq!(server.connections(), 1);
+
+    // A new connection is forwarded.
+    let mut fresh = user_client(proxy.addr()).await;
+    assert_eq!(register(&mut fresh).await.unwrap(), "s");
+    assert_eq!(server.served(), 2);
+    // The stranded one never comes back, and a reset still closes it.
+    assert!(register(&mut client).await.is_err());
+    proxy.reset();
+    eventually("the stranded connection is gone", || {
+        server.connections() == 0
+    })
+    .await;
+}
+
 fn test_server_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_test-server"))
 }

@@ -324,6 +324,9 @@ pub(crate) fn etcd_config(etcd: &crate::config::EtcdSection) -> Result<EtcdConfi
         .map_err(|e| Error::config("Etcd TLS files").with_source(e))?;
         etcd_config = etcd_config.tls(tls);
     }
+    if let Some(interval) = etcd.watch_check_interval {
+        etcd_config = etcd_config.watch_check_interval(interval);
+    }
     Ok(etcd_config)
 }
 

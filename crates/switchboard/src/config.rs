@@ -356,6 +356,17 @@ pub struct EtcdSection {
     /// The registration format: `auto` (default), `plain`, `etcd-naming`, `kratos`, `go-micro`.
     #[serde(default, alias = "format", deserialize_with = "format")]
     pub format: Format,
+    /// How long the watch may stay quiet before it asks its etcd member for a progress
+    /// notification; unanswered for as long again, the watch is re-created on a new connection,
+    /// from where it left off. It bounds how late the instance set catches up after the network
+    /// to etcd comes back from a silent cut: about twice this plus a second of backoff. At
+    /// least 100 ms; defaults to 5 s.
+    #[serde(
+        default,
+        alias = "watch_check_interval",
+        deserialize_with = "duration::optional"
+    )]
+    pub watch_check_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for EtcdSection {
@@ -371,6 +382,7 @@ impl std::fmt::Debug for EtcdSection {
             .field("ca_cert_file", &self.ca_cert_file)
             .field("insecure_skip_verify", &self.insecure_skip_verify)
             .field("format", &self.format)
+            .field("watch_check_interval", &self.watch_check_interval)
             .finish()
     }
 }
@@ -833,6 +845,13 @@ impl EtcdSection {
             return Err(Error::config(
                 "Etcd.InsecureSkipVerify: not supported; set Etcd.CACertFile to the CA of etcd's certificates",
             ));
+        }
+        if let Some(interval) = self.watch_check_interval {
+            if interval < Duration::from_millis(100) {
+                return Err(Error::config(format!(
+                    "Etcd.WatchCheckInterval: {interval:?} is shorter than 100ms"
+                )));
+            }
         }
         Ok(())
     }

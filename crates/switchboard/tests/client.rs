@@ -1,13 +1,14 @@
 //! `Client` from a config against a real etcd and real servers on 127.0.0.1.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use switchboard::{Client, ClientConfig};
 use switchboard_testkit::proto::user::GetUserInfoRequest;
 use switchboard_testkit::proto::user::user_client::UserClient;
-use switchboard_testkit::{Etcd, TestServer};
+use switchboard_testkit::{Etcd, FaultProxy, TestServer};
 use tonic::Code;
 
 #[tokio::test]
@@ -124,5 +125,81 @@ async fn go_zeros_etcd_targets_old_and_new_resolve_through_etcd() -> Result<()> 
             .to_string();
         assert!(error.contains("Target"), "{bad}: {error}");
     }
+    Ok(())
+}
+
+/// The instances' addresses in the client's picker.
+fn picked_addrs(client: &Client) -> BTreeSet<String> {
+    client
+        .balancer()
+        .snapshot()
+        .subchannels
+        .into_iter()
+        .filter(|s| s.in_picker)
+        .map(|s| s.addr)
+        .collect()
+}
+
+/// etcd cut off without a word, the watch's connection lost for good (as when the network comes
+/// back under a new address): the client serves the last set meanwhile, and once etcd answers
+/// again its set catches up within about twice `Etcd.WatchCheckInterval`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_cut_off_silently_catches_up_within_twice_the_watch_check_interval() -> Result<()> {
+    const CHECK: Duration = Duration::from_secs(1);
+    let etcd = Etcd::start().await?;
+    let proxy = FaultProxy::start(etcd.endpoint(0).trim_start_matches("http://").parse()?).await?;
+    let mut kv = etcd.client().await?;
+    let (old, new) = (
+        TestServer::start("old").await?,
+        TestServer::start("new").await?,
+    );
+    kv.put("cut.rpc/1", old.addr().to_string(), None).await?;
+    let yaml = format!(
+        "Etcd:\n  Hosts: [{}]\n  Key: cut.rpc\n  WatchCheckInterval: {}ms\nTimeout: 5s\n",
+        proxy.addr(),
+        CHECK.as_millis()
+    );
+    let client = Client::connect(ClientConfig::from_yaml(&yaml)?).await?;
+    let mut users = UserClient::new(client.channel());
+    let only = |addr: SocketAddr| BTreeSet::from([addr.to_string()]);
+    let until = Instant::now() + Duration::from_secs(30);
+    while picked_addrs(&client) != only(old.addr()) {
+        assert!(Instant::now() < until, "{:?}", client.balancer().snapshot());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The network to etcd drops: the watch's connection goes silent for good, and new ones hang
+    // until it returns. Meanwhile the instance set changes.
+    proxy.pause();
+    proxy.strand();
+    kv.put("cut.rpc/2", new.addr().to_string(), None).await?;
+    kv.delete("cut.rpc/1", None).await?;
+    // For half a check interval the client serves the set it had.
+    let cut = Instant::now();
+    while cut.elapsed() < CHECK / 2 {
+        let reply = users.get_user_info(GetUserInfoRequest { id: 1 }).await?;
+        assert_eq!(reply.into_inner().instance, "old");
+    }
+
+    proxy.resume();
+    let back = Instant::now();
+    while picked_addrs(&client) != only(new.addr()) {
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            client.balancer().snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = back.elapsed();
+    println!(
+        "etcd silent for {:?}: the set caught up {took:?} after it answered again (check {CHECK:?})",
+        back - cut
+    );
+    // Twice the check, a backoff of 1 s at most, and room for a busy machine; with the default
+    // check (5 s) it takes about 10 s.
+    assert!(took < CHECK * 2 + Duration::from_secs(3), "{took:?}");
+    let reply = users.get_user_info(GetUserInfoRequest { id: 1 }).await?;
+    assert_eq!(reply.into_inner().instance, "new");
     Ok(())
 }

@@ -4,7 +4,9 @@
 //! paused, neither direction reads (so nothing is lost or reordered: bytes already read are
 //! written once the proxy resumes) and new connections are accepted but not connected upstream:
 //! to both ends the peer has gone silent, as with a dropped network or a frozen host. A reset
-//! closes every current connection on both sides with RST (`SO_LINGER` 0, then close).
+//! closes every current connection on both sides with RST (`SO_LINGER` 0, then close). Stranding
+//! leaves every current connection silent for good, open but never forwarded again, as when a
+//! network comes back under a new address and the packets of the old connections go nowhere.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -49,6 +51,8 @@ pub struct FaultProxy {
     paused: watch::Sender<bool>,
     /// Bumped by every reset; connections reset when it changes.
     resets: watch::Sender<u64>,
+    /// Bumped by every strand; connections go silent for good when it changes.
+    strands: watch::Sender<u64>,
     connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
@@ -60,6 +64,7 @@ impl FaultProxy {
         let addr = listener.local_addr()?;
         let (paused, paused_rx) = watch::channel(false);
         let (resets, resets_rx) = watch::channel(0u64);
+        let (strands, strands_rx) = watch::channel(0u64);
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = connections.clone();
         let task = tokio::spawn(
@@ -73,11 +78,19 @@ impl FaultProxy {
                             // connection `connections()` counts.
                             let mut resets = resets_rx.clone();
                             resets.mark_unchanged();
+                            let mut strands = strands_rx.clone();
+                            strands.mark_unchanged();
                             let guard = Counted::new(counter.clone());
                             let span = info_span!("proxy_connection", %peer);
                             tasks.spawn(
-                                forward(client, target, paused_rx.clone(), resets, guard)
-                                    .instrument(span),
+                                forward(
+                                    client,
+                                    target,
+                                    paused_rx.clone(),
+                                    Faults { resets, strands },
+                                    guard,
+                                )
+                                .instrument(span),
                             );
                         }
                         Err(e) => {
@@ -96,6 +109,7 @@ impl FaultProxy {
             target,
             paused,
             resets,
+            strands,
             connections,
             task,
         })
@@ -136,6 +150,15 @@ impl FaultProxy {
         info!(addr = %self.addr, "fault proxy resetting every connection");
     }
 
+    /// Leaves every current connection silent for good: nothing more is forwarded on it in
+    /// either direction, neither end hears a word, and it stays open until a reset or until the
+    /// proxy is dropped; as when a network comes back under a new address and the old
+    /// connections' packets go nowhere. Later connections are not affected.
+    pub fn strand(&self) {
+        self.strands.send_modify(|n| *n += 1);
+        info!(addr = %self.addr, "fault proxy stranding every connection");
+    }
+
     /// How many client connections are open now.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
@@ -165,12 +188,33 @@ impl Drop for Counted {
     }
 }
 
-/// Forwards one client connection to `target` until both directions end or a reset comes.
+/// The faults that reach connections already open.
+struct Faults {
+    resets: watch::Receiver<u64>,
+    strands: watch::Receiver<u64>,
+}
+
+impl Faults {
+    /// Holds the sockets, silent, until a reset comes (forever if none does).
+    async fn stranded(&mut self, sockets: Vec<TcpStream>) {
+        debug!("connection stranded");
+        if self.resets.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        debug!("stranded connection reset");
+        for socket in sockets {
+            close_with_rst(socket);
+        }
+    }
+}
+
+/// Forwards one client connection to `target` until both directions end, a reset comes or the
+/// connection is stranded.
 async fn forward(
     mut client: TcpStream,
     target: SocketAddr,
     paused: watch::Receiver<bool>,
-    mut resets: watch::Receiver<u64>,
+    mut faults: Faults,
     _counted: Counted,
 ) {
     let _ = client.set_nodelay(true);
@@ -180,9 +224,13 @@ async fn forward(
         TcpStream::connect(target).await
     };
     let mut upstream = tokio::select! {
-        _ = resets.changed() => {
+        _ = faults.resets.changed() => {
             debug!("connection reset before it was forwarded");
             close_with_rst(client);
+            return;
+        }
+        _ = faults.strands.changed() => {
+            faults.stranded(vec![client]).await;
             return;
         }
         upstream = connect => match upstream {
@@ -202,18 +250,26 @@ async fn forward(
         let up = copy(&mut client_read, &mut upstream_write, paused.clone());
         let down = copy(&mut upstream_read, &mut client_write, paused.clone());
         tokio::select! {
-            both = async { tokio::try_join!(up, down) } => both.map(|_| ()),
-            _ = resets.changed() => Err(io::Error::other("reset by the fault proxy")),
+            both = async { tokio::try_join!(up, down) } => both.map(|_| Ended::Closed),
+            _ = faults.resets.changed() => Err(io::Error::other("reset by the fault proxy")),
+            _ = faults.strands.changed() => Ok(Ended::Stranded),
         }
     };
     match outcome {
-        Ok(()) => debug!("connection closed"),
+        Ok(Ended::Closed) => debug!("connection closed"),
+        Ok(Ended::Stranded) => faults.stranded(vec![client, upstream]).await,
         Err(e) => {
             debug!(error = %e, "connection reset");
             close_with_rst(client);
             close_with_rst(upstream);
         }
     }
+}
+
+/// How a forwarded connection ended, short of a reset.
+enum Ended {
+    Closed,
+    Stranded,
 }
 
 /// Copies `from` to `to` until `from` ends (then half-closes `to`), never reading while paused.

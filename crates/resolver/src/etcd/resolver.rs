@@ -211,25 +211,28 @@ impl Watcher {
             Ok(s) => s.split(),
             Err(e) => return e.into(),
         };
+        // A watch that hears nothing for `check` is asked for a progress notification; one that
+        // still hears nothing `check` later is dead (its member stopped, or the network between
+        // them went silently), and the session ends so that a new connection takes over.
         let check = self.members.config().watch_check;
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
-        let mut heard = Instant::now();
+        let mut heard = tokio::time::Instant::now();
+        let mut asked = false;
         loop {
+            let quiet_until = heard + if asked { check * 2 } else { check };
             let message = tokio::select! {
                 m = responses.message() => m,
-                _ = ticker.tick() => {
-                    let silent = heard.elapsed();
-                    if silent >= check * 2 {
+                _ = tokio::time::sleep_until(quiet_until) => {
+                    if asked {
                         return Error::new(Kind::Timeout, format!(
-                            "watch on etcd member {endpoint} silent for {silent:?}"
+                            "watch on etcd member {endpoint} silent for {:?}, a progress request unanswered",
+                            heard.elapsed()
                         )).into();
                     }
-                    if silent >= check {
-                        let progress = self.members.request("requesting watch progress", requests.request_progress());
-                        if let Err(e) = progress.await {
-                            return e.into();
-                        }
+                    let progress = self.members.request("requesting watch progress", requests.request_progress());
+                    if let Err(e) = progress.await {
+                        return e.into();
                     }
+                    asked = true;
                     continue;
                 }
             };
@@ -252,7 +255,8 @@ impl Watcher {
                     .into();
                 }
             };
-            heard = Instant::now();
+            heard = tokio::time::Instant::now();
+            asked = false;
             if response.canceled() {
                 if response.compact_revision() > 0 {
                     return Interrupt::Compacted(response.compact_revision());

@@ -101,6 +101,10 @@ fn invalid_configs_name_the_field_and_the_problem() {
             .contains("InsecureSkipVerify")
     );
     assert!(error("Etcd: {Hosts: [h:1], Key: k, Format: xml}").contains("xml"));
+    assert!(
+        error("Etcd: {Hosts: [h:1], Key: k, WatchCheckInterval: 10ms}")
+            .contains("Etcd.WatchCheckInterval: 10ms is shorter than 100ms")
+    );
     assert!(error("Target: dns:///svc:80").contains("Target"));
     assert!(
         error("Endpoints: [a:1]\nKeepaliveTime: 0s").contains("KeepaliveTime: must be positive")
