@@ -1,5 +1,5 @@
 //! The docker-compose files, read, not run: these tests build no image and start no container
-//! (`compose_cluster.rs` does). They check that the compose file parses, one service builds the
+//! (`compose_cluster/` does). They check that the compose file parses, one service builds the
 //! examples image and the others run it, the Dockerfile's text names the programs the services
 //! run, every command line (and the gateway's config file) parses as that program's, etcd is a
 //! cluster of three on its own network, the README's curl commands use the published port, and
