@@ -213,7 +213,7 @@ impl Watcher {
         };
         // A watch that hears nothing for `check` is asked for a progress notification; one that
         // still hears nothing `check` later is dead (its member stopped, or the network between
-        // them went silently), and the session ends so that a new connection takes over.
+        // them went silent), and the session ends so that a new connection takes over.
         let check = self.members.config().watch_check;
         let mut heard = tokio::time::Instant::now();
         let mut asked = false;
