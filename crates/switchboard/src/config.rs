@@ -846,12 +846,13 @@ impl EtcdSection {
                 "Etcd.InsecureSkipVerify: not supported; set Etcd.CACertFile to the CA of etcd's certificates",
             ));
         }
-        if let Some(interval) = self.watch_check_interval {
-            if interval < Duration::from_millis(100) {
-                return Err(Error::config(format!(
-                    "Etcd.WatchCheckInterval: {interval:?} is shorter than 100ms"
-                )));
-            }
+        let min = switchboard_resolver::EtcdConfig::MIN_WATCH_CHECK_INTERVAL;
+        if let Some(interval) = self.watch_check_interval
+            && interval < min
+        {
+            return Err(Error::config(format!(
+                "Etcd.WatchCheckInterval: {interval:?} is shorter than {min:?}"
+            )));
         }
         Ok(())
     }

@@ -139,6 +139,9 @@ impl fmt::Debug for EtcdConfig {
 }
 
 impl EtcdConfig {
+    /// The shortest [`watch_check_interval`](Self::watch_check_interval): 100 ms.
+    pub const MIN_WATCH_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
     /// A configuration for these members (`host:port`, `http://host:port` or
     /// `https://host:port`). Fails when the list is empty or an endpoint is malformed.
     pub fn new<I, S>(endpoints: I) -> Result<Self, Error>
@@ -234,7 +237,7 @@ impl EtcdConfig {
     /// bounds how late the instance set catches up once such a network comes back (about
     /// twice this, plus the backoff). Defaults to 5 s; at least 100 ms (shorter is raised).
     pub fn watch_check_interval(mut self, interval: Duration) -> Self {
-        self.watch_check = interval.max(Duration::from_millis(100));
+        self.watch_check = interval.max(Self::MIN_WATCH_CHECK_INTERVAL);
         self
     }
 
