@@ -128,16 +128,25 @@ async fn go_zeros_etcd_targets_old_and_new_resolve_through_etcd() -> Result<()> 
     Ok(())
 }
 
-/// The instances' addresses in the client's picker.
-fn picked_addrs(client: &Client) -> BTreeSet<String> {
-    client
-        .balancer()
-        .snapshot()
-        .subchannels
-        .into_iter()
-        .filter(|s| s.in_picker)
-        .map(|s| s.addr)
-        .collect()
+/// Waits, at most 30 s, until the client's picker holds `addr` and nothing else.
+async fn until_only_picked(client: &Client, addr: SocketAddr) {
+    let want = BTreeSet::from([addr.to_string()]);
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let picked: BTreeSet<String> = client
+            .balancer()
+            .snapshot()
+            .subchannels
+            .into_iter()
+            .filter(|s| s.in_picker)
+            .map(|s| s.addr)
+            .collect();
+        if picked == want {
+            return;
+        }
+        assert!(Instant::now() < until, "{:?}", client.balancer().snapshot());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// etcd cut off without a word, the watch's connection lost for good (as when the network comes
@@ -161,12 +170,7 @@ async fn a_watch_cut_off_silently_catches_up_within_twice_the_watch_check_interv
     );
     let client = Client::connect(ClientConfig::from_yaml(&yaml)?).await?;
     let mut users = UserClient::new(client.channel());
-    let only = |addr: SocketAddr| BTreeSet::from([addr.to_string()]);
-    let until = Instant::now() + Duration::from_secs(30);
-    while picked_addrs(&client) != only(old.addr()) {
-        assert!(Instant::now() < until, "{:?}", client.balancer().snapshot());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_only_picked(&client, old.addr()).await;
 
     // The network to etcd drops: the watch's connection goes silent for good, and new ones hang
     // until it returns. Meanwhile the instance set changes.
@@ -183,14 +187,7 @@ async fn a_watch_cut_off_silently_catches_up_within_twice_the_watch_check_interv
 
     proxy.resume();
     let back = Instant::now();
-    while picked_addrs(&client) != only(new.addr()) {
-        assert!(
-            back.elapsed() < Duration::from_secs(30),
-            "{:?}",
-            client.balancer().snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_only_picked(&client, new.addr()).await;
     let took = back.elapsed();
     println!(
         "etcd silent for {:?}: the set caught up {took:?} after it answered again (check {CHECK:?})",
