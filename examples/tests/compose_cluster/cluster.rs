@@ -64,8 +64,10 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    pub(crate) fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = command(&self.tool[0]);
+    /// The compose tool on this project, with `args`, in a process group of its own; a std
+    /// command, for `Drop` to run it without a runtime.
+    fn std_command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = switchboard_testkit::child_command(&self.tool[0]);
         cmd.args(&self.tool[1..])
             .args(["-p", &self.project, "-f", "docker-compose.yml"])
             .args(args)
@@ -76,7 +78,7 @@ impl Cluster {
 
     pub(crate) async fn compose(&self, args: &[&str], limit: Duration) -> Result<String> {
         let what = format!("compose {}", args.join(" "));
-        run(self.command(args), &what, limit).await
+        run(Command::from(self.std_command(args)), &what, limit).await
     }
 
     pub(crate) async fn docker(&self, args: &[&str], limit: Duration) -> Result<String> {
@@ -162,39 +164,43 @@ impl Cluster {
         expected: &BTreeSet<String>,
         limit: Duration,
     ) -> Result<Duration> {
-        let start = Instant::now();
-        loop {
-            let view = self.view().await;
-            if let Ok((known, picked)) = &view
-                && known == expected
-                && picked == expected
-            {
-                return Ok(start.elapsed());
-            }
-            if start.elapsed() > limit {
-                bail!("the gateway's view is {view:?}, not {expected:?}, after {limit:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.until_view_is("the expected", limit, || async { Ok(expected.clone()) })
+            .await
     }
 
     /// Waits, at most `limit`, until the gateway's view matches what etcd-3 lists (etcd-3 is
-    /// never the member stopped). Returns how long it took.
+    /// never the member stopped), read again each time. Returns how long it took.
     pub(crate) async fn until_matches_etcd(&self, limit: Duration) -> Result<Duration> {
+        self.until_view_is("etcd's", limit, || self.registered("etcd-3"))
+            .await
+    }
+
+    /// Waits, at most `limit`, until the gateway's view is what `expected` gives (`whose`
+    /// names it in the error): every instance of it known and picked, and no other.
+    async fn until_view_is<F, Fut>(
+        &self,
+        whose: &str,
+        limit: Duration,
+        mut expected: F,
+    ) -> Result<Duration>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<BTreeSet<String>>>,
+    {
         let start = Instant::now();
         loop {
-            let registered = self.registered("etcd-3").await?;
+            let expected = expected().await?;
             let view = self.view().await;
             if let Ok((known, picked)) = &view
-                && *known == registered
-                && *picked == registered
+                && *known == expected
+                && *picked == expected
             {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > limit {
-                bail!("the gateway's view {view:?} is not etcd's {registered:?} after {limit:?}");
+                bail!("the gateway's view is {view:?}, not {whose} {expected:?}, after {limit:?}");
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -202,13 +208,8 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let show = |args: &[&str]| {
-            let mut cmd = std::process::Command::new(&self.tool[0]);
-            cmd.args(&self.tool[1..])
-                .args(["-p", &self.project, "-f", "docker-compose.yml"])
-                .args(args)
-                .current_dir(root())
-                .envs(self.env.iter().map(|(k, v)| (k, v)))
-                .stdin(Stdio::null());
+            let mut cmd = self.std_command(args);
+            cmd.stdin(Stdio::null());
             let Ok(mut child) = cmd.spawn() else { return };
             let deadline = Instant::now() + Duration::from_secs(180);
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
